@@ -1,0 +1,48 @@
+# Fruits! p8 — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Inputs from outside the repo: a Fruits-360 copy and Keras's weights cache (optional).
+FRUITS360_DIR ?=
+KERAS_HOME ?=
+export FRUITS360_DIR KERAS_HOME
+SAMPLE := data_sample/images
+DEMO_OUT := results/sample
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo sample test lint format clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/p8: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	extras=spark,notebooks,dev; command -v java >/dev/null || [ -n "$$JAVA_HOME" ] || extras=$$extras,java; \
+	$(BIN)/python -m pip install -q -e ".[$$extras]"
+	touch $@
+
+install: $(BIN)/p8 ## create .venv/ and install p8lib with its pinned dependencies (idempotent)
+
+sample: install ## materialize the 34-image sample into data_sample/images
+	$(BIN)/p8 sample --dest $(SAMPLE)
+
+demo: sample ## get the sample and weights, run the pipeline on it, print where the results are
+	$(BIN)/p8 run --images $(SAMPLE) --output $(DEMO_OUT) --mode overwrite
+
+test: install ## run the test suite (needs FRUITS360_DIR; offline with KERAS_HOME seeded)
+	$(BIN)/python -m pytest
+
+lint: install ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check p8lib tests benchmarks
+	$(BIN)/ruff format --check p8lib tests benchmarks
+	$(BIN)/mypy
+
+format: install ## apply ruff's formatting and import order
+	$(BIN)/ruff check --fix p8lib tests benchmarks
+	$(BIN)/ruff format p8lib tests benchmarks
+
+clean: ## remove generated results and caches (keeps .venv)
+	rm -rf results $(SAMPLE) .pytest_cache .mypy_cache .ruff_cache spark-warehouse

@@ -1,0 +1,68 @@
+"""Typed run settings with defaults; validated before anything is read or written."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from p8lib.errors import UsageError
+
+Mode = Literal["error", "overwrite", "incremental"]
+MODES: tuple[str, ...] = ("error", "overwrite", "incremental")
+FEATURE_DIM = 1280
+URI_RE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]*|[^:]+)$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything one pipeline run needs.
+
+    Examples
+    --------
+    >>> RunConfig(images="data/Test", output="out").k is None
+    True
+    >>> RunConfig(images="data/Test", output="out", k=0)
+    Traceback (most recent call last):
+    ...
+    p8lib.errors.UsageError: --k must be between 1 and 1280, got 0
+    """
+
+    images: str
+    output: str
+    k: int | None = None
+    variance: float = 0.99
+    glob: str = "*.jpg"
+    master: str = "local[*]"
+    weights: str = "imagenet"
+    image_size: int = 224
+    batch_size: int = 64
+    mode: Mode = "error"
+    s3_endpoint: str | None = None
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.images.strip():
+            raise UsageError("--images is empty: give the folder or URI that holds the images")
+        if not self.output.strip():
+            raise UsageError("--output is empty: give a folder or URI for the results")
+        for name in ("images", "output"):
+            value = getattr(self, name)
+            if not URI_RE.match(value):
+                raise UsageError(f"--{name} is not a valid path or URI: {value!r}")
+        if self.k is not None and not 1 <= self.k <= FEATURE_DIM:
+            raise UsageError(f"--k must be between 1 and {FEATURE_DIM}, got {self.k}")
+        if not 0.0 < self.variance <= 1.0:
+            raise UsageError(f"--variance must be in (0, 1], got {self.variance}")
+        if self.image_size < 32:
+            raise UsageError(f"--image-size must be at least 32, got {self.image_size}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.mode not in MODES:
+            raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.glob.strip():
+            raise UsageError("--glob is empty: give a pattern such as '*.jpg'")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for the manifest (no secrets live here)."""
+        return asdict(self)

@@ -1,0 +1,235 @@
+"""MobileNetV2 (ImageNet, top removed) features: weights, preprocessing, the pandas UDF.
+
+TensorFlow is imported only where a model is built (in Spark's Python workers, or in the
+driver for a direct ``predict``), never at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd  # resolved at runtime: pyspark reads the UDF's type hints
+
+from p8lib.errors import P8Error, UsageError
+
+if TYPE_CHECKING:
+    from pyspark import Accumulator
+    from pyspark.sql import Column
+
+WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+# Where Keras itself downloads the same file from.
+WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
+FEATURE_DIM = 1280
+# Decompression-bomb guard: larger images are refused with an error row (~ a 70-megapixel photo).
+MAX_PIXELS = 70_000_000
+RESULT_SCHEMA = "features array<float>, error string"
+
+# One model per (weights digest, image size) per Python process: Spark reuses its Python
+# workers across tasks, so the network is built once per worker, not once per partition.
+_MODELS: dict[tuple[str, int], Any] = {}
+
+
+def keras_home() -> Path:
+    """Keras's cache folder: ``$KERAS_HOME`` or ``~/.keras``."""
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
+
+
+def resolve_weights(weights: str = "imagenet", *, url: str | None = None) -> Path:
+    """The local file that holds the weights, downloading the ImageNet ones into Keras's cache.
+
+    ``weights`` is ``"imagenet"`` or the path of a ``.h5``/``.keras`` file. ``url`` is the folder
+    the ImageNet file is downloaded from when it is not cached (default: Keras's own, or
+    ``$P8_WEIGHTS_URL``).
+    """
+    if weights != "imagenet":
+        path = Path(weights).expanduser()
+        if path.suffix not in (".h5", ".keras"):
+            raise UsageError(f"--weights must be 'imagenet' or a .h5/.keras file, got {weights!r}")
+        if not path.is_file():
+            raise UsageError(f"weights file not found: {path}")
+        return path
+    cached = keras_home() / "models" / WEIGHTS_FILE
+    if cached.is_file():
+        return cached
+    base = url or os.environ.get("P8_WEIGHTS_URL") or WEIGHTS_URL
+    source = base.rstrip("/") + "/" + WEIGHTS_FILE
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(source, timeout=60) as response:
+            with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp:
+                shutil.copyfileobj(response, tmp)
+        os.replace(tmp.name, cached)
+    except (OSError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise P8Error(
+            f"MobileNetV2 weights not found: expected {cached} and the download from {source} "
+            f"failed ({reason}); copy {WEIGHTS_FILE} into {cached.parent} (or set KERAS_HOME), "
+            "or pass --weights PATH"
+        ) from None
+    return cached
+
+
+def load_image(content: bytes, size: int) -> np.ndarray:
+    """Decode any Pillow-readable image to a ``size``×``size``×3 uint8 RGB array.
+
+    EXIF orientation is applied; transparency is flattened onto white (Fruits-360's
+    background); grayscale, palette, CMYK and 16-bit images are converted to 8-bit RGB.
+    Raises ``ValueError`` with a short reason for anything that is not a usable image.
+    """
+    from PIL import Image, ImageOps
+
+    if not content:
+        raise ValueError("empty file")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img: Any = Image.open(io.BytesIO(content))
+            if img.width * img.height > MAX_PIXELS:
+                raise ValueError(f"image too large: {img.width}x{img.height} > {MAX_PIXELS} pixels")
+            # JPEG: let the decoder downscale by a power of two when the photo is much larger.
+            img.draft("RGB", (size, size))
+            img = ImageOps.exif_transpose(img)
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(f"image too large: {exc}") from None
+        except ValueError:
+            raise
+        except Exception as exc:  # Pillow raises many kinds for broken files
+            raise ValueError(f"not a readable image: {type(exc).__name__}: {exc}") from None
+    img = _to_rgb(img)
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _to_rgb(img: Any) -> Any:
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits rather than clip.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr * 255.0 / top, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def build_model(weights_path: str | Path, image_size: int = 224, threads: int | None = None) -> Any:
+    """MobileNetV2 without its classifier: the 1280-d global-average-pooled output.
+
+    ``threads`` sizes TensorFlow's pools (default: ``$OMP_NUM_THREADS``, which Spark sets to
+    ``spark.task.cpus``), so that concurrent tasks don't oversubscribe the cores.
+    """
+    import tensorflow as tf
+
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0"))
+    if threads > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        except RuntimeError:
+            pass  # TensorFlow already initialised in this process: keep its pools
+    import keras
+
+    model = keras.applications.MobileNetV2(
+        weights=None, include_top=False, pooling="avg", input_shape=(image_size, image_size, 3)
+    )
+    model.load_weights(str(weights_path))
+    return model
+
+
+def preprocess(images: np.ndarray) -> np.ndarray:
+    """uint8 RGB batch → MobileNetV2's input scale [-1, 1]."""
+    from keras.applications import mobilenet_v2
+
+    return mobilenet_v2.preprocess_input(images.astype(np.float32))
+
+
+def predict(model: Any, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+    """Features of a uint8 RGB batch, ``batch_size`` images per forward pass."""
+    out = [
+        np.asarray(model.predict_on_batch(preprocess(images[i : i + batch_size])))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, FEATURE_DIM), np.float32)
+
+
+def cached_model(digest: str, image_size: int, load: Callable[[], bytes], suffix: str) -> Any:
+    """This process's model for the weights ``digest``, built on first use."""
+    key = (digest, image_size)
+    if key not in _MODELS:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"weights{suffix}"
+            path.write_bytes(load())
+            _MODELS[key] = build_model(path, image_size)
+    return _MODELS[key]
+
+
+def featurize_batch(
+    model: Any, contents: pd.Series, *, image_size: int, batch_size: int
+) -> pd.DataFrame:
+    """Features and error messages for one Arrow batch of image bytes."""
+    images: list[np.ndarray] = []
+    good: list[int] = []
+    errors: list[str | None] = [None] * len(contents)
+    for i, content in enumerate(contents):
+        try:
+            images.append(load_image(content, image_size))
+            good.append(i)
+        except ValueError as exc:
+            errors[i] = str(exc)[:200]
+    features: list[np.ndarray | None] = [None] * len(contents)
+    if images:
+        rows = predict(model, np.stack(images), batch_size=batch_size)
+        for i, row in zip(good, rows, strict=True):
+            features[i] = row
+    return pd.DataFrame({"features": features, "error": errors})
+
+
+def featurize_column(
+    content: Column,
+    *,
+    weights: bytes,
+    suffix: str,
+    image_size: int = 224,
+    batch_size: int = 64,
+    counter: Accumulator[int] | None = None,
+) -> Column:
+    """A column ``struct<features array<float>, error string>`` computed from image bytes.
+
+    The weights are broadcast once; each Python worker builds the model on its first batch
+    and keeps it for every later task. ``counter`` counts the images sent through the network.
+    """
+    from pyspark.sql import SparkSession
+    from pyspark.sql.functions import pandas_udf
+
+    spark = SparkSession.getActiveSession()
+    assert spark is not None, "featurize_column needs an active SparkSession"
+    digest = hashlib.sha256(weights).hexdigest()
+    weights_bc = spark.sparkContext.broadcast(weights)
+
+    @pandas_udf(RESULT_SCHEMA)  # type: ignore[call-overload]
+    def featurize_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        model = cached_model(digest, image_size, lambda: weights_bc.value, suffix)
+        for contents in batches:
+            out = featurize_batch(model, contents, image_size=image_size, batch_size=batch_size)
+            if counter is not None:
+                counter.add(int(out["error"].isna().sum()))
+            yield out
+
+    return featurize_udf(content)

@@ -1,0 +1,164 @@
+"""Images in (binaryFile, labels from folders), results out (parquet, files), URIs.
+
+Every file operation goes through Hadoop's FileSystem API in the driver's JVM, so the same code
+works on the local disk, on S3 through S3A and on EMR through EMRFS.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from p8lib.errors import UsageError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+S3_SCHEMES = ("s3", "s3a", "s3n")
+# The label is the name of the folder that holds the image.
+LABEL_RE = r"([^/]+)/[^/]+$"
+
+
+def scheme(uri: str) -> str:
+    """The URI's scheme, ``"file"`` for a plain path."""
+    parsed = urlparse(uri)
+    return parsed.scheme.lower() if len(parsed.scheme) > 1 else "file"
+
+
+def is_s3(uri: str) -> bool:
+    """True for ``s3://``, ``s3a://`` and ``s3n://`` URIs."""
+    return scheme(uri) in S3_SCHEMES
+
+
+def normalize_uri(uri: str, *, emr: bool = False) -> str:
+    """A URI Spark can open: plain paths become absolute ``file:`` URIs; off EMR ``s3://`` → ``s3a://``.
+
+    Examples
+    --------
+    >>> normalize_uri("s3://bucket/data/Test")
+    's3a://bucket/data/Test'
+    >>> normalize_uri("s3://bucket/data/Test", emr=True)
+    's3://bucket/data/Test'
+    >>> normalize_uri("/tmp/x/")
+    'file:///tmp/x'
+    """
+    s = scheme(uri)
+    if s == "file":
+        path = uri[len("file:") :] if uri.startswith("file:") else uri
+        path = re.sub(r"^/+", "/", path) if path.startswith("//") else path
+        return Path(path).expanduser().resolve().as_uri()
+    if s in S3_SCHEMES:
+        parsed = urlparse(uri)
+        if not parsed.netloc:
+            raise UsageError(f"S3 URI has no bucket: {uri!r} (expected s3://bucket/prefix)")
+        target = "s3" if emr and s == "s3" else "s3a"
+        return f"{target}://{parsed.netloc}{parsed.path.rstrip('/')}"
+    return uri.rstrip("/")
+
+
+def _fs(spark: SparkSession, uri: str) -> tuple[Any, Any]:
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    return path.getFileSystem(conf), path
+
+
+def exists(spark: SparkSession, uri: str) -> bool:
+    """True when a file or folder (or any S3 object under the prefix) is at ``uri``."""
+    fs, path = _fs(spark, uri)
+    return bool(fs.exists(path))
+
+
+def is_empty_dir(spark: SparkSession, uri: str) -> bool:
+    """True for a folder with nothing in it."""
+    fs, path = _fs(spark, uri)
+    return bool(fs.getFileStatus(path).isDirectory()) and len(fs.listStatus(path)) == 0
+
+
+def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
+    """Write one small file (PNG, JSON) through Hadoop's FileSystem."""
+    fs, path = _fs(spark, uri)
+    fs.setWriteChecksum(False)  # no .crc side files next to the PNG and JSON
+    out = fs.create(path, True)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+
+
+def read_bytes(spark: SparkSession, uri: str) -> bytes:
+    """Read one small file through Hadoop's FileSystem."""
+    fs, path = _fs(spark, uri)
+    stream = fs.open(path)
+    try:
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+
+
+def delete(spark: SparkSession, uri: str) -> None:
+    """Delete a file or a folder recursively (no error when absent)."""
+    fs, path = _fs(spark, uri)
+    if fs.exists(path):
+        fs.delete(path, True)
+
+
+def rename(spark: SparkSession, src: str, dst: str) -> None:
+    """Move ``src`` to ``dst``: atomic on local disks and HDFS, copy-then-delete on S3."""
+    fs, src_path = _fs(spark, src)
+    _, dst_path = _fs(spark, dst)
+    if not fs.rename(src_path, dst_path):
+        raise OSError(f"could not move {src} to {dst}")
+
+
+def sibling(uri: str, prefix: str) -> str:
+    """A hidden sibling of ``uri``: ``.../out`` → ``.../.out<prefix>``."""
+    head, _, name = uri.rstrip("/").rpartition("/")
+    return f"{head}/.{name}{prefix}"
+
+
+def publish(spark: SparkSession, staged: str, final: str, *, run_id: str) -> None:
+    """Replace ``final`` with the complete results in ``staged``.
+
+    The previous results stay whole until the new ones are complete; they are moved aside,
+    the new ones moved in, and only then is the old copy deleted.
+    """
+    old = sibling(final, f".old-{run_id}")
+    had_old = exists(spark, final)
+    if had_old:
+        rename(spark, final, old)
+    try:
+        rename(spark, staged, final)
+    except Exception:
+        if had_old:
+            rename(spark, old, final)
+        raise
+    if had_old:
+        delete(spark, old)
+
+
+def read_images(spark: SparkSession, uri: str, *, glob: str = "*.jpg") -> DataFrame:
+    """Every file under ``uri`` matching ``glob``, recursively, with its label.
+
+    Columns: ``path, label, size, modification_time, content``.
+    """
+    from pyspark.sql import functions as F
+
+    df = (
+        spark.read.format("binaryFile")
+        .option("pathGlobFilter", glob)
+        .option("recursiveFileLookup", "true")
+        .load(uri)
+    )
+    return df.select(
+        "path",
+        F.regexp_extract("path", LABEL_RE, 1).alias("label"),
+        F.col("length").alias("size"),
+        F.col("modificationTime").alias("modification_time"),
+        "content",
+    )

@@ -1,0 +1,267 @@
+"""run(...) -> RunResult: read → featurize → reduce → write, timed, with a run manifest."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from p8lib import __version__, io, plots
+from p8lib.config import RunConfig
+from p8lib.errors import UsageError
+from p8lib.featurize import featurize_column, resolve_weights
+from p8lib.reduce import fit_reduce, max_k
+from p8lib.session import build_session, on_emr
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+PARQUET = "features.parquet"
+PLOT = "explained_variance.png"
+MANIFEST = "manifest.json"
+OUTPUT_COLUMNS = ["path", "label", "features", "pca_features", "error", "size", "modification_time"]
+VERSIONED = ["pyspark", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "pillow"]
+
+
+@dataclass
+class RunResult:
+    """What a run produced and measured."""
+
+    output: str
+    images: int
+    featurized: int
+    failed: int
+    k: int
+    variance_reached: float
+    seconds: dict[str, float]
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def parquet(self) -> str:
+        """URI of the parquet results."""
+        return f"{self.output}/{PARQUET}"
+
+    @property
+    def plot(self) -> str:
+        """URI of the explained-variance PNG."""
+        return f"{self.output}/{PLOT}"
+
+    def summary(self) -> str:
+        """Two lines for the end of a run."""
+        return (
+            f"{self.images} images ({self.featurized} featurized, {self.failed} failed) → "
+            f"k = {self.k} components, {self.variance_reached:.1%} of the variance, "
+            f"{self.seconds['total']:.1f} s\n"
+            f"results: {self.output}/ ({PARQUET}, {PLOT}, {MANIFEST})"
+        )
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "p8lib": __version__}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class _Timer:
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.seconds: dict[str, float] = {}
+        self.log = log
+
+    @contextmanager
+    def stage(self, name: str, message: str) -> Iterator[None]:
+        self.log(message)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+
+
+def _error_reasons(df: DataFrame) -> dict[str, int]:
+    from pyspark.sql import functions as F
+
+    rows = df.where(F.col("error").isNotNull()).groupBy("error").count().collect()
+    reasons: Counter[str] = Counter()
+    for row in rows:
+        reasons[row["error"].split(":")[0]] += row["count"]
+    return dict(reasons)
+
+
+def run(
+    *,
+    images: str,
+    output: str,
+    k: int | None = None,
+    variance: float = 0.99,
+    glob: str = "*.jpg",
+    master: str = "local[*]",
+    weights: str = "imagenet",
+    image_size: int = 224,
+    batch_size: int = 64,
+    mode: str = "error",
+    s3_endpoint: str | None = None,
+    spark_conf: dict[str, str] | None = None,
+    spark: SparkSession | None = None,
+    log: Callable[[str], None] | None = None,
+    verbose: bool = False,
+) -> RunResult:
+    """Featurize every image under ``images`` and write the results to ``output``.
+
+    See :class:`p8lib.config.RunConfig` for the settings. ``spark``: a session to use (an EMR
+    kernel's); otherwise one is built for ``master``. ``log`` receives one line per stage.
+    """
+    config = RunConfig(
+        images=images,
+        output=output,
+        k=k,
+        variance=variance,
+        glob=glob,
+        master=master,
+        weights=weights,
+        image_size=image_size,
+        batch_size=batch_size,
+        mode=mode,  # type: ignore[arg-type]
+        s3_endpoint=s3_endpoint,
+        spark_conf=dict(spark_conf or {}),
+    )
+    return execute(config, spark=spark, log=log, verbose=verbose)
+
+
+def execute(
+    config: RunConfig,
+    *,
+    spark: SparkSession | None = None,
+    log: Callable[[str], None] | None = None,
+    verbose: bool = False,
+) -> RunResult:
+    """Run the pipeline for a validated :class:`RunConfig`."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    say = log or (lambda _msg: None)
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    timer = _Timer(say)
+    run_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    emr = on_emr()
+    images_uri = io.normalize_uri(config.images, emr=emr)
+    output_uri = io.normalize_uri(config.output, emr=emr)
+    # Local inputs are checked before anything slow starts; remote ones once Spark is up.
+    if io.scheme(images_uri) == "file" and not Path(images_uri[len("file://") :]).exists():
+        raise UsageError(f"input not found: {config.images}")
+    weights_path = resolve_weights(config.weights)
+
+    spark = spark or build_session(master=config.master, conf=config.spark_conf, verbose=verbose)
+    if not io.exists(spark, images_uri):
+        raise UsageError(f"input not found: {config.images}")
+    if (
+        config.mode == "error"
+        and io.exists(spark, output_uri)
+        and not io.is_empty_dir(spark, output_uri)
+    ):
+        raise UsageError(
+            f"output already exists: {config.output} (pass --mode overwrite to replace it)"
+        )
+
+    with timer.stage("read", f"reading {config.glob} under {images_uri}"):
+        images = io.read_images(spark, images_uri, glob=config.glob)
+        n_images = images.count()
+    if n_images == 0:
+        raise UsageError(f"no files matching {config.glob!r} under {config.images}")
+    if config.k is not None and config.k > max_k(n_images, 1280):
+        raise UsageError(
+            f"--k {config.k} is larger than the data allows: {n_images} images give at most "
+            f"{max_k(n_images, 1280)} components"
+        )
+
+    with timer.stage("featurize", f"featurizing {n_images} images with MobileNetV2"):
+        counter = spark.sparkContext.accumulator(0)
+        result = featurize_column(
+            F.col("content"),
+            weights=Path(weights_path).read_bytes(),
+            suffix=Path(weights_path).suffix,
+            image_size=config.image_size,
+            batch_size=config.batch_size,
+            counter=counter,
+        )
+        # Persisted so the network runs once per image, not once per downstream action.
+        features = (
+            images.select("path", "label", "size", "modification_time", result.alias("_r"))
+            .select("path", "label", "size", "modification_time", "_r.features", "_r.error")
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        features.count()
+        failed = _error_reasons(features)
+        n_failed = sum(failed.values())
+
+    try:
+        with timer.stage("reduce", "fitting StandardScaler + PCA"):
+            reduction = fit_reduce(
+                features, k=config.k, variance=config.variance, n_rows=n_images - n_failed
+            )
+
+        staged = io.sibling(output_uri, f".tmp-{run_id}")
+        with timer.stage("write", f"writing results to {output_uri}"):
+            table = reduction.transform(features).select(*OUTPUT_COLUMNS)
+            table.write.parquet(f"{staged}/{PARQUET}")
+            figure = plots.explained_variance_figure(
+                reduction.explained_variance,
+                k=reduction.k,
+                threshold=None if config.k is not None else config.variance,
+            )
+            io.write_bytes(spark, f"{staged}/{PLOT}", plots.to_png(figure))
+    finally:
+        features.unpersist()
+
+    seconds = dict(timer.seconds, total=round(time.perf_counter() - t0, 3))
+    manifest = {
+        "run_id": run_id,
+        "started_at": started.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "config": config.as_dict(),
+        "inputs": {"images": images_uri, "glob": config.glob, "weights": str(weights_path)},
+        "outputs": {"parquet": PARQUET, "plot": PLOT, "manifest": MANIFEST, "uri": output_uri},
+        "counts": {
+            "images": n_images,
+            "featurized": int(counter.value),
+            "succeeded": n_images - n_failed,
+            "failed": n_failed,
+            "failed_by_reason": failed,
+        },
+        "pca": {
+            "k": reduction.k,
+            "variance_threshold": None if config.k is not None else config.variance,
+            "variance_reached": reduction.variance_reached,
+            "explained_variance": [float(v) for v in reduction.explained_variance],
+        },
+        "spark": {
+            "master": spark.sparkContext.master,
+            "version": spark.version,
+            "default_parallelism": spark.sparkContext.defaultParallelism,
+        },
+        "versions": _versions(),
+        "seconds": seconds,
+    }
+    io.write_bytes(spark, f"{staged}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+    io.publish(spark, staged, output_uri, run_id=run_id)
+    return RunResult(
+        output=output_uri,
+        images=n_images,
+        featurized=int(counter.value),
+        failed=n_failed,
+        k=reduction.k,
+        variance_reached=reduction.variance_reached,
+        seconds=seconds,
+        manifest=manifest,
+    )

@@ -1,0 +1,86 @@
+"""The 34-image data sample: a manifest in the repo, images fetched from a Fruits-360 copy."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from p8lib.errors import P8Error, UsageError
+
+MANIFEST = Path(__file__).resolve().parents[1] / "data_sample" / "manifest.csv"
+# The official Fruits-360 (100x100) repository; the manifest's paths are relative to its root.
+DEFAULT_BASE_URL = "https://raw.githubusercontent.com/fruits-360/fruits-360-100x100/main/"
+
+
+@dataclass(frozen=True)
+class SampleImage:
+    """One manifest row: the class, the path under the Fruits-360 root, the file's sha256."""
+
+    label: str
+    path: str
+    sha256: str
+
+
+def read_manifest(manifest: Path = MANIFEST) -> list[SampleImage]:
+    """The manifest's rows."""
+    if not manifest.is_file():
+        raise UsageError(f"sample manifest not found: {manifest}")
+    with manifest.open(newline="") as fh:
+        return [SampleImage(r["label"], r["path"], r["sha256"]) for r in csv.DictReader(fh)]
+
+
+def _fetch(source: str, image: SampleImage) -> bytes:
+    if source.startswith(("http://", "https://")):
+        url = source.rstrip("/") + "/" + quote(image.path)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                return bytes(response.read())
+        except (OSError, urllib.error.URLError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise P8Error(
+                f"could not download {url} ({reason}); pass --from DIR with a local Fruits-360 copy"
+            ) from None
+    local = Path(source).expanduser() / image.path
+    if not local.is_file():
+        raise UsageError(f"{local} not found: --from must be a Fruits-360 folder holding Test/")
+    return local.read_bytes()
+
+
+def materialize(
+    *, dest: str | Path, source: str | None = None, manifest: Path = MANIFEST
+) -> list[Path]:
+    """Put the sample's images in ``dest/<label>/<file>``; return their paths.
+
+    ``source`` is a local Fruits-360 folder or a base URL (default: ``$FRUITS360_DIR`` when set,
+    else the official repository). Files already there with the right checksum are kept; every
+    file is checked against the manifest's sha256.
+    """
+    source = source or os.environ.get("FRUITS360_DIR") or DEFAULT_BASE_URL
+    root = Path(dest).expanduser()
+    written: list[Path] = []
+    for image in read_manifest(manifest):
+        target = root / image.label / Path(image.path).name
+        if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == image.sha256:
+            written.append(target)
+            continue
+        data = _fetch(source, image)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != image.sha256:
+            raise P8Error(
+                f"{image.path} from {source} has sha256 {digest[:12]}…, the manifest expects "
+                f"{image.sha256[:12]}… (the sample is Fruits-360 release 2024.08.04.0)"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+            tmp.write(data)
+        shutil.move(tmp.name, target)
+        written.append(target)
+    return written

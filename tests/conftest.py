@@ -1,0 +1,94 @@
+"""Shared fixtures: one local Spark session, the 34-image sample, the weights, one sample run."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# The suite runs offline: a download attempt hits a closed loopback port and fails at once.
+os.environ.setdefault("P8_WEIGHTS_URL", "http://127.0.0.1:9/")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def fruits_dir() -> Path:
+    """The Fruits-360 copy that `.ci/run` points FRUITS360_DIR at."""
+    value = os.environ.get("FRUITS360_DIR")
+    if not value or not (Path(value) / "Test").is_dir():
+        pytest.fail("set FRUITS360_DIR to a Fruits-360 folder holding Test/ (see README)")
+    return Path(value)
+
+
+@pytest.fixture(scope="session")
+def weights_path() -> Path:
+    """The MobileNetV2 no-top ImageNet weights from Keras's cache (seeded by `.ci/run`)."""
+    from p8lib.featurize import resolve_weights
+
+    return resolve_weights("imagenet")
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory, fruits_dir: Path) -> Path:
+    """The 34-image data sample, materialized from the local Fruits-360 copy."""
+    from p8lib.sample import materialize
+
+    dest = tmp_path_factory.mktemp("sample")
+    materialize(dest=dest, source=str(fruits_dir))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local Spark session for the whole suite (runs inside the pipeline reuse it)."""
+    from p8lib.session import build_session
+
+    session = build_session(
+        master="local[2]",
+        app_name="p8-tests",
+        conf={"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"},
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_run(spark: object, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The pipeline on the sample with the defaults (variance 0.99)."""
+    from p8lib.pipeline import run
+
+    out = tmp_path_factory.mktemp("runs") / "sample"
+    return run(images=str(sample_dir), output=str(out))
+
+
+@pytest.fixture(scope="session")
+def sample_table(sample_run):  # type: ignore[no-untyped-def]
+    """The sample run's parquet as pandas."""
+    import pandas as pd
+
+    return pd.read_parquet(sample_run.parquet.removeprefix("file://"))
+
+
+@pytest.fixture()
+def http_server() -> Iterator[object]:
+    """Serve a folder over HTTP on loopback: ``url = http_server(folder)``."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def serve(folder: Path) -> str:
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

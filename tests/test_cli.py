@@ -1,0 +1,77 @@
+"""The `p8` command: bad arguments give one line on stderr, exit code 2, nothing overwritten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import p8
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "error" in line.lower()]
+
+
+def _assert_usage_error(result, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.returncode == 2, result.stderr
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("p8: error: ") and fragment in lines[0]
+    assert "Traceback" not in result.stderr and "at org.apache" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["run", "--output", "x"], "--images"),
+        (["run", "--images", "x", "--output", "y", "--k", "0"], "--k must be between"),
+        (["run", "--images", "x", "--output", "y", "--k", "1281"], "--k must be between"),
+        (["run", "--images", "x", "--output", "y", "--variance", "1.5"], "--variance"),
+        (["run", "--images", "x", "--output", "y", "--k", "3", "--variance", "0.9"], "not allowed"),
+        (["run", "--images", "x", "--output", "y", "--mode", "append"], "--mode"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments(args: list[str], fragment: str) -> None:
+    _assert_usage_error(p8(*args), fragment)
+
+
+def test_missing_input_folder(tmp_path: Path) -> None:
+    result = p8("run", "--images", str(tmp_path / "nope"), "--output", str(tmp_path / "out"))
+    _assert_usage_error(result, "input not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_input_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = p8("run", "--images", str(tmp_path / "empty"), "--output", str(tmp_path / "out"))
+    _assert_usage_error(result, "no files matching '*.jpg'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_k_larger_than_the_data(sample_dir: Path, tmp_path: Path) -> None:
+    result = p8("run", "--images", str(sample_dir), "--output", str(tmp_path / "out"), "--k", "40")
+    _assert_usage_error(result, "at most 34 components")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_existing_output_is_kept_unless_overwrite(sample_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("keep me")
+    refused = p8("run", "--images", str(sample_dir), "--output", str(out))
+    _assert_usage_error(refused, "--mode overwrite")
+    assert (out / "previous.txt").read_text() == "keep me"
+
+    done = p8(
+        "run", "--images", str(sample_dir), "--output", str(out), "--mode", "overwrite", "--k", "3"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "34 images (34 featurized, 0 failed)" in done.stdout and "k = 3" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "explained_variance.png",
+        "features.parquet",
+        "manifest.json",
+    ]
+    assert not list(tmp_path.glob(".out.*")), "no staging or old copy left behind"

@@ -1,0 +1,88 @@
+"""Decoding odd images (made here with Pillow) and the model's shape."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from p8lib.featurize import load_image
+
+
+def _encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _gradient(mode: str = "RGB", size: tuple[int, int] = (100, 80)) -> Image.Image:
+    x = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3).astype(np.uint8)
+    return Image.fromarray(x, "RGB").convert(mode)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [
+        ("RGB", "JPEG"),
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("LA", "PNG"),
+    ],
+)
+def test_any_color_mode_becomes_rgb_of_the_asked_size(mode: str, fmt: str) -> None:
+    out = load_image(_encode(_gradient(mode), fmt), 96)
+    assert out.shape == (96, 96, 3) and out.dtype == np.uint8
+    assert out.std() > 10
+
+
+def test_transparency_is_flattened_onto_white() -> None:
+    img = Image.new("RGBA", (50, 50), (255, 0, 0, 0))
+    out = load_image(_encode(img, "PNG"), 32)
+    assert (out == 255).all()
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped() -> None:
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    out = load_image(_encode(Image.fromarray(ramp, "I;16"), "PNG"), 64)
+    assert out.min() < 10 and out.max() > 245
+
+
+def test_exif_orientation_is_applied() -> None:
+    img = Image.new("RGB", (100, 50), (0, 0, 255))
+    img.paste((255, 255, 255), (0, 0, 50, 50))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    out = load_image(_encode(img, "JPEG", exif=exif, quality=95), 100)
+    # After rotation the white half is on top.
+    assert out[:40].mean() > 200 and out[60:, :, 2].mean() > 200 and out[60:, :, 0].mean() < 60
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"this is text, not a JPEG", "not a readable image"),
+    ],
+)
+def test_unusable_files_raise_a_short_reason(content: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        load_image(content, 224)
+
+
+def test_truncated_jpeg_is_an_error() -> None:
+    data = _encode(_gradient(size=(400, 400)), "JPEG")
+    with pytest.raises(ValueError, match="not a readable image"):
+        load_image(data[: len(data) // 2], 224)
+
+
+def test_decompression_bomb_is_refused() -> None:
+    from p8lib.featurize import MAX_PIXELS
+
+    side = int(MAX_PIXELS**0.5) + 100
+    data = _encode(Image.new("1", (side, side)), "PNG")
+    with pytest.raises(ValueError, match="too large"):
+        load_image(data, 224)
