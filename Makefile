@@ -11,10 +11,12 @@ SAMPLE := data_sample/images
 DEMO_OUT := results/sample
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo sample test lint format clean
+S3_DIR := .cache/s3
+S3_PORT ?= 8333
+.PHONY: help install jars s3 demo sample test lint format clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(BIN)/p8: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: install Python 3.11"; exit 2; }
@@ -24,7 +26,16 @@ $(BIN)/p8: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[$$extras]"
 	touch $@
 
-install: $(BIN)/p8 ## create .venv/ and install p8lib with its pinned dependencies (idempotent)
+install: $(BIN)/p8 jars ## create .venv/, install p8lib with its pinned dependencies and the S3A jars (idempotent)
+
+jars: $(BIN)/p8 ## fetch and verify hadoop-aws + aws-java-sdk-bundle (skipped when cached)
+	$(BIN)/p8 jars >/dev/null
+
+s3: install ## run a local S3 server (SeaweedFS) on 127.0.0.1:$(S3_PORT); needs AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+	@[ -n "$$AWS_ACCESS_KEY_ID" ] && [ -n "$$AWS_SECRET_ACCESS_KEY" ] || { echo "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY first"; exit 2; }
+	mkdir -p $(S3_DIR)
+	@echo "S3 endpoint: http://127.0.0.1:$(S3_PORT)  (p8 run --s3-endpoint http://127.0.0.1:$(S3_PORT) ...)"
+	$(BIN)/weed mini -dir=$(S3_DIR) -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port=$(S3_PORT) -admin.ui=false -webdav=false
 
 sample: install ## materialize the 34-image sample into data_sample/images
 	$(BIN)/p8 sample --dest $(SAMPLE)

@@ -90,7 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
         dest="source",
         help="a Fruits-360 folder or base URL (default: $FRUITS360_DIR, else the official repo)",
     )
+    upload = sub.add_parser("upload", help="copy a local image tree to s3://bucket/prefix")
+    upload.add_argument("source", help="local folder")
+    upload.add_argument("dest", help="s3://bucket/prefix")
+    upload.add_argument("--s3-endpoint", help="S3 endpoint URL off AWS (or $AWS_ENDPOINT_URL)")
+
+    sub.add_parser("jars", help="fetch and verify the S3A jars (hadoop-aws, AWS SDK bundle)")
     return parser
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    from p8lib.s3 import upload
+
+    result = upload(args.source, args.dest, endpoint=args.s3_endpoint, log=_say)
+    print(f"uploaded {result.uploaded} files, skipped {result.skipped} already there")
+    return 0
+
+
+def _cmd_jars(args: argparse.Namespace) -> int:
+    from p8lib.session import ensure_s3_jars
+
+    for path in ensure_s3_jars():
+        print(path)
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -125,7 +147,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "sample": _cmd_sample}
+COMMANDS = {
+    "run": _cmd_run,
+    "sample": _cmd_sample,
+    "upload": _cmd_upload,
+    "jars": _cmd_jars,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 import uuid
@@ -15,12 +16,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p8lib import __version__, io, plots
+from p8lib import __version__, io, plots, s3
 from p8lib.config import RunConfig
 from p8lib.errors import UsageError
 from p8lib.featurize import featurize_column, resolve_weights
 from p8lib.reduce import fit_reduce, max_k
-from p8lib.session import build_session, on_emr
+from p8lib.session import build_session, configure_s3, on_emr
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -160,9 +161,21 @@ def execute(
     # Local inputs are checked before anything slow starts; remote ones once Spark is up.
     if io.scheme(images_uri) == "file" and not Path(images_uri[len("file://") :]).exists():
         raise UsageError(f"input not found: {config.images}")
+    uses_s3 = [uri for uri in (images_uri, output_uri) if io.is_s3(uri)]
+    for uri in uses_s3:
+        s3.check_bucket(uri, endpoint=config.s3_endpoint)
     weights_path = resolve_weights(config.weights)
 
-    spark = spark or build_session(master=config.master, conf=config.spark_conf, verbose=verbose)
+    if spark is None:
+        spark = build_session(
+            master=config.master,
+            conf=config.spark_conf,
+            s3=bool(uses_s3),
+            s3_endpoint=config.s3_endpoint,
+            verbose=verbose,
+        )
+    elif uses_s3:
+        configure_s3(spark, config.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL"))
     if not io.exists(spark, images_uri):
         raise UsageError(f"input not found: {config.images}")
     if (

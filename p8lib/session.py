@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import subprocess
 import sys
+import tarfile
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +29,100 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.sql.shuffle.partitions": "8",
     "spark.ui.showConsoleProgress": "true",
 }
+
+
+# hadoop-aws + the AWS SDK bundle that Hadoop 3.3.1 was released with (pyspark 3.5 ships Hadoop
+# 3.3.4's client). No Maven here: they come from the PyPI source archive of sagemaker-pyspark.
+JARS_PACKAGE = "sagemaker-pyspark==1.4.5"
+JARS: dict[str, str] = {
+    "hadoop-aws-3.3.1.jar": "6be50ad8a8b445d2802381b085b2a3ede5c29d353450a6a21f16b2fefa962b6e",
+    "aws-java-sdk-bundle-1.11.901.jar": (
+        "b87175b32a16544cc1b37cf40390eb375833e62bed67f8ce6cde4b7ad6429ead"
+    ),
+}
+
+
+def jars_dir() -> Path:
+    """Where the S3A jars are cached: ``$P8_JARS_DIR`` or ``~/.cache/p8/jars``."""
+    default = Path.home() / ".cache" / "p8" / "jars"
+    return Path(os.environ.get("P8_JARS_DIR", default)).expanduser()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_s3_jars(folder: Path | None = None) -> list[Path]:
+    """The S3A jars, verified; fetched from the sagemaker-pyspark sdist on first use."""
+    folder = folder or jars_dir()
+    paths = [folder / name for name in JARS]
+    if all(p.is_file() and _sha256(p) == JARS[p.name] for p in paths):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        done = subprocess.run([*cmd, "-q", "-d", tmp, JARS_PACKAGE], capture_output=True, text=True)
+        archives = list(Path(tmp).glob("sagemaker_pyspark-*.tar.gz"))
+        if done.returncode != 0 or not archives:
+            raise P8Error(
+                f"could not download {JARS_PACKAGE} for the S3A jars (pip said: "
+                f"{(done.stderr.strip().splitlines() or ['nothing'])[-1]}); "
+                f"put {', '.join(JARS)} into {folder} or set P8_JARS_DIR"
+            )
+        with tarfile.open(archives[0]) as tar:
+            for member in tar.getmembers():
+                name = Path(member.name).name
+                if name in JARS and member.name.endswith(f"deps/jars/{name}"):
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    with tempfile.NamedTemporaryFile(dir=folder, delete=False) as out:
+                        shutil.copyfileobj(source, out)
+                    os.replace(out.name, folder / name)
+    for path in paths:
+        if not path.is_file() or _sha256(path) != JARS[path.name]:
+            path.unlink(missing_ok=True)
+            raise P8Error(f"{path.name} from {JARS_PACKAGE} is missing or fails its sha256 check")
+    return paths
+
+
+def s3a_conf(endpoint: str | None = None) -> dict[str, str]:
+    """Hadoop settings for S3A off EMR: ``s3://`` maps to S3A, credentials from the AWS chain.
+
+    Examples
+    --------
+    >>> s3a_conf("http://127.0.0.1:8333")["fs.s3a.path.style.access"]
+    'true'
+    """
+    conf = {
+        "fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        # Environment, system properties, profile, container and instance credentials.
+        "fs.s3a.aws.credentials.provider": "com.amazonaws.auth.DefaultAWSCredentialsProviderChain",
+        # Fail in seconds, not minutes, when the endpoint is down.
+        "fs.s3a.attempts.maximum": "3",
+        "fs.s3a.retry.limit": "3",
+        "fs.s3a.connection.establish.timeout": "5000",
+        # AWS lists at most 1,000 keys a page; ask the same of any server so paging is alike.
+        "fs.s3a.paging.maximum": "1000",
+    }
+    if endpoint:
+        conf["fs.s3a.endpoint"] = endpoint
+        conf["fs.s3a.path.style.access"] = "true"
+        conf["fs.s3a.connection.ssl.enabled"] = str(endpoint.startswith("https")).lower()
+    return conf
+
+
+def configure_s3(spark: SparkSession, endpoint: str | None = None) -> None:
+    """Point a running session's S3A at ``endpoint`` (off EMR only; EMRFS needs nothing)."""
+    if on_emr():
+        return
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    for key, value in s3a_conf(endpoint).items():
+        hadoop.set(key, value)
 
 
 def on_emr() -> bool:
@@ -61,16 +159,22 @@ def build_session(
     master: str = "local[*]",
     app_name: str = "p8",
     conf: dict[str, str] | None = None,
+    s3: bool = False,
+    s3_endpoint: str | None = None,
     verbose: bool = False,
 ) -> SparkSession:
     """Return the active SparkSession, or build one for ``master``.
 
     Inside an EMR/JupyterHub PySpark kernel the kernel's own session is reused as it is.
+    ``s3``: S3 paths will be used; off EMR the S3A jars are added and S3A is configured
+    (``s3_endpoint`` or ``$AWS_ENDPOINT_URL`` for a server other than AWS).
     """
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
+        if s3:
+            configure_s3(active, s3_endpoint or os.environ.get("AWS_ENDPOINT_URL"))
         return active
     ensure_java()
     # Workers must run this interpreter (the project's venv), not whatever `python3` is on PATH.
@@ -89,6 +193,10 @@ def build_session(
         settings["spark.driver.extraJavaOptions"] = (
             f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"
         )
+    if s3 and not on_emr():
+        settings["spark.jars"] = ",".join(str(p) for p in ensure_s3_jars())
+        endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL")
+        settings.update({f"spark.hadoop.{k}": v for k, v in s3a_conf(endpoint).items()})
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -10,10 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 # The suite runs offline: a download attempt hits a closed loopback port and fails at once.
 os.environ.setdefault("P8_WEIGHTS_URL", "http://127.0.0.1:9/")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The credentials of the loopback S3 server, set before Spark's JVM starts (it reads them once).
+os.environ["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
+os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
+os.environ.pop("AWS_PROFILE", None)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +59,7 @@ def spark() -> Iterator[object]:
         master="local[2]",
         app_name="p8-tests",
         conf={"spark.sql.shuffle.partitions": "4", "spark.ui.enabled": "false"},
+        s3=True,
     )
     yield session
     session.stop()
@@ -92,3 +98,11 @@ def http_server() -> Iterator[object]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) on free loopback ports, enforcing credentials."""
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()

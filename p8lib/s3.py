@@ -1,0 +1,160 @@
+"""S3 through boto3: clear errors before Spark touches a bucket, and `p8 upload`.
+
+Credentials come from the standard AWS chain (environment, profile, instance role); they are
+never printed, logged or written anywhere by p8.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from p8lib.errors import P8Error, UsageError
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket and a key prefix (no leading or trailing slash)."""
+
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Location:
+        """``s3://bucket/a/b/`` → ``S3Location("bucket", "a/b")``.
+
+        Examples
+        --------
+        >>> S3Location.parse("s3a://fruits/data/Test/")
+        S3Location(bucket='fruits', prefix='data/Test')
+        """
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("s3", "s3a", "s3n") or not parsed.netloc:
+            raise UsageError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
+        return cls(parsed.netloc, parsed.path.strip("/"))
+
+
+def endpoint_url(endpoint: str | None = None) -> str | None:
+    """The S3 endpoint: the argument, else ``$AWS_ENDPOINT_URL``, else AWS itself (None)."""
+    return endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def client(endpoint: str | None = None) -> Any:
+    """A boto3 S3 client for ``endpoint`` (path-style addressing off AWS), quick to give up."""
+    import boto3
+    from botocore.config import Config
+
+    url = endpoint_url(endpoint)
+    config = Config(
+        retries={"max_attempts": 2, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        s3={"addressing_style": "path"} if url else {},
+    )
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client("s3", endpoint_url=url, config=config, region_name=region)
+
+
+def _explain(exc: Exception, bucket: str, endpoint: str | None) -> P8Error:
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    where = endpoint_url(endpoint) or "AWS S3"
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return P8Error(
+            "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return P8Error(f"cannot reach the S3 endpoint {where}: check --s3-endpoint")
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return P8Error(
+                f"access denied to bucket {bucket!r} at {where}: check the AWS credentials"
+            )
+        if code in ("404", "NoSuchBucket"):
+            return P8Error(f"bucket not found: {bucket!r} at {where}")
+        return P8Error(f"S3 error on bucket {bucket!r} at {where}: {code}")
+    return P8Error(f"S3 error on bucket {bucket!r} at {where}: {type(exc).__name__}")
+
+
+def check_bucket(uri: str, *, endpoint: str | None = None) -> None:
+    """Fail with one clear line when the bucket of ``uri`` can't be reached or used."""
+    location = S3Location.parse(uri)
+    try:
+        client(endpoint).head_bucket(Bucket=location.bucket)
+    except Exception as exc:  # botocore's errors are mapped to one line each
+        raise _explain(exc, location.bucket, endpoint) from None
+
+
+def list_sizes(uri: str, *, endpoint: str | None = None) -> dict[str, int]:
+    """Every object under the prefix of ``uri`` with its size, across all listing pages."""
+    location = S3Location.parse(uri)
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    sizes: dict[str, int] = {}
+    try:
+        pages = client(endpoint).get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=location.bucket, Prefix=prefix):
+            sizes.update({o["Key"]: int(o["Size"]) for o in page.get("Contents", [])})
+    except Exception as exc:
+        raise _explain(exc, location.bucket, endpoint) from None
+    return sizes
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """How many files were uploaded and how many were already there."""
+
+    uploaded: int
+    skipped: int
+
+
+def upload(
+    source: str | Path,
+    dest: str,
+    *,
+    endpoint: str | None = None,
+    workers: int = 8,
+    log: Callable[[str], None] | None = None,
+) -> UploadResult:
+    """Copy the tree under ``source`` to ``dest`` (``s3://bucket/prefix``).
+
+    Objects already there with the same size are skipped, so an interrupted upload resumes.
+    """
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"not a folder: {source}")
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    if not files:
+        raise UsageError(f"nothing to upload under {source}")
+    check_bucket(dest, endpoint=endpoint)
+    location = S3Location.parse(dest)
+    existing = list_sizes(dest, endpoint=endpoint)
+
+    def key(path: Path) -> str:
+        relative = path.relative_to(root).as_posix()
+        return f"{location.prefix}/{relative}" if location.prefix else relative
+
+    todo = [p for p in files if existing.get(key(p)) != p.stat().st_size]
+    s3 = client(endpoint)
+
+    def put(path: Path) -> None:
+        s3.upload_file(str(path), location.bucket, key(path))
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for done, _ in enumerate(pool.map(put, todo), start=1):
+                if log and (done % 500 == 0 or done == len(todo)):
+                    log(f"uploaded {done}/{len(todo)}")
+    except Exception as exc:
+        raise _explain(exc, location.bucket, endpoint) from None
+    return UploadResult(uploaded=len(todo), skipped=len(files) - len(todo))

@@ -1,0 +1,121 @@
+"""The same pipeline on s3:// paths, against a real S3 server on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from helpers import p8
+from s3server import SECRET_KEY
+
+from p8lib import io
+from p8lib.pipeline import run
+from p8lib.s3 import list_sizes, upload
+
+
+def _by_path(table, prefix: str):  # type: ignore[no-untyped-def]
+    table = table.assign(rel=table["path"].str.split(prefix).str[-1]).sort_values("rel")
+    return table.reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server) -> str:  # type: ignore[no-untyped-def]
+    s3_server.client().create_bucket(Bucket="fruits")
+    return "fruits"
+
+
+@pytest.mark.slow
+def test_pipeline_on_s3_equals_the_local_run(
+    spark, s3_server, bucket, sample_dir, sample_run, sample_table
+):  # type: ignore[no-untyped-def]
+    done = upload(sample_dir, f"s3://{bucket}/data/Test", endpoint=s3_server.endpoint)
+    assert (done.uploaded, done.skipped) == (34, 0)
+    again = upload(sample_dir, f"s3://{bucket}/data/Test", endpoint=s3_server.endpoint)
+    assert (again.uploaded, again.skipped) == (0, 34)
+
+    result = run(
+        images=f"s3://{bucket}/data/Test",
+        output=f"s3://{bucket}/data/Results",
+        s3_endpoint=s3_server.endpoint,
+    )
+    assert result.output == f"s3a://{bucket}/data/Results"
+    keys = list_sizes(f"s3://{bucket}/data/Results", endpoint=s3_server.endpoint)
+    assert {"data/Results/manifest.json", "data/Results/explained_variance.png"} <= set(keys)
+    assert any(k.startswith("data/Results/features.parquet/part-") for k in keys)
+
+    remote = _by_path(spark.read.parquet(result.parquet).toPandas(), "/data/Test/")
+    local = _by_path(sample_table, str(sample_dir) + "/")
+    assert list(remote["rel"]) == list(local["rel"]) and len(remote) == 34
+    assert list(remote["label"]) == list(local["label"])
+    np.testing.assert_allclose(np.stack(remote["features"]), np.stack(local["features"]), atol=1e-5)
+    assert result.k == sample_run.k
+    a, b = np.stack(remote["pca_features"]), np.stack(local["pca_features"])
+    np.testing.assert_allclose(np.abs(a), np.abs(b), atol=1e-4)
+
+    manifest = json.loads(io.read_bytes(spark, f"{result.output}/manifest.json"))
+    assert manifest["counts"]["images"] == 34
+    assert SECRET_KEY not in json.dumps(manifest)
+
+
+def test_a_prefix_with_more_than_1000_objects_is_read_completely(
+    spark, s3_server, bucket, fruits_dir, tmp_path
+):  # type: ignore[no-untyped-def]
+    tree = tmp_path / "many"
+    classes = sorted((fruits_dir / "Test").iterdir())[:8]
+    count = 0
+    for folder in classes:
+        for image in sorted(folder.glob("*.jpg"))[:140]:
+            (tree / folder.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, tree / folder.name / image.name)
+            count += 1
+    assert count > 1000
+    uri = f"s3://{bucket}/many"
+    assert upload(tree, uri, endpoint=s3_server.endpoint).uploaded == count
+    assert len(list_sizes(uri, endpoint=s3_server.endpoint)) == count
+    # One page holds 1,000 keys at most: this prefix needs more than one listing page.
+    page = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="many/", MaxKeys=1000)
+    assert page["KeyCount"] == 1000 and page["IsTruncated"]
+    assert upload(tree, uri, endpoint=s3_server.endpoint).skipped == count
+
+    images = io.read_images(spark, io.normalize_uri(uri), glob="*.jpg")
+    assert images.count() == count
+    assert images.select("path").distinct().count() == count
+    assert images.select("label").distinct().count() == len(classes)
+
+
+def _assert_one_error_line(result, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert (
+        len(lines) == 1 and lines[0].startswith("p8: error: ") and fragment in lines[0]
+    ), result.stderr
+    assert SECRET_KEY not in result.stderr + result.stdout
+    assert "wrong-secret" not in result.stderr + result.stdout
+
+
+def test_wrong_credentials(s3_server, bucket) -> None:  # type: ignore[no-untyped-def]
+    args = ["run", "--images", f"s3://{bucket}/data/Test", "--output", f"s3://{bucket}/x"]
+    result = p8(
+        *args, "--s3-endpoint", s3_server.endpoint, env={"AWS_SECRET_ACCESS_KEY": "wrong-secret"}
+    )
+    _assert_one_error_line(result, "access denied")
+
+
+def test_missing_bucket(s3_server) -> None:  # type: ignore[no-untyped-def]
+    args = ["run", "--images", "s3://no-such-bucket/data", "--output", "s3://no-such-bucket/x"]
+    _assert_one_error_line(p8(*args, "--s3-endpoint", s3_server.endpoint), "bucket not found")
+
+
+def test_unreachable_endpoint(sample_dir) -> None:  # type: ignore[no-untyped-def]
+    args = ["run", "--images", "s3://fruits/data", "--output", "s3://fruits/x"]
+    _assert_one_error_line(p8(*args, "--s3-endpoint", "http://127.0.0.1:9"), "cannot reach")
+    upload_args = [
+        "upload",
+        str(sample_dir),
+        "s3://fruits/data",
+        "--s3-endpoint",
+        "http://127.0.0.1:9",
+    ]
+    _assert_one_error_line(p8(*upload_args), "cannot reach")
