@@ -7,9 +7,10 @@ works on the local disk, on S3 through S3A and on EMR through EMRFS.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from p8lib.errors import UsageError
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
+OTHER_SCHEMES = ("hdfs", "viewfs", "gs", "abfs", "abfss", "wasb", "wasbs")
 # The label is the name of the folder that holds the image.
 LABEL_RE = r"([^/]+)/[^/]+$"
 
@@ -55,7 +57,11 @@ def normalize_uri(uri: str, *, emr: bool = False) -> str:
             raise UsageError(f"S3 URI has no bucket: {uri!r} (expected s3://bucket/prefix)")
         target = "s3" if emr and s == "s3" else "s3a"
         return f"{target}://{parsed.netloc}{parsed.path.rstrip('/')}"
-    return uri.rstrip("/")
+    if s in OTHER_SCHEMES:
+        return uri.rstrip("/")
+    raise UsageError(
+        f"unsupported URI scheme {s!r} in {uri!r}: use a path, s3://, s3a:// or hdfs://"
+    )
 
 
 def _fs(spark: SparkSession, uri: str) -> tuple[Any, Any]:
@@ -76,6 +82,23 @@ def is_empty_dir(spark: SparkSession, uri: str) -> bool:
     """True for a folder with nothing in it."""
     fs, path = _fs(spark, uri)
     return bool(fs.getFileStatus(path).isDirectory()) and len(fs.listStatus(path)) == 0
+
+
+def make_dirs(spark: SparkSession, uri: str, *, what: str = "folder") -> None:
+    """Create a folder (and its parents), or fail with a clear line if it can't be written."""
+    fs, path = _fs(spark, uri)
+    try:
+        created = bool(fs.mkdirs(path))
+    except Exception as exc:  # py4j wraps the Java IOException
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot write the {what} at {uri}: {_java_reason(reason)}") from None
+    if not created:
+        raise UsageError(f"cannot write the {what} at {uri}")
+
+
+def _java_reason(text: str) -> str:
+    # "An error occurred while calling o42.mkdirs.\n: java.io.IOException: msg" → "msg"
+    return text.rsplit("Exception:", 1)[-1].strip() or text
 
 
 def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
@@ -142,20 +165,49 @@ def publish(spark: SparkSession, staged: str, final: str, *, run_id: str) -> Non
         delete(spark, old)
 
 
+def hadoop_path(uri: str) -> str:
+    """A URI as Hadoop's ``Path.toString`` spells it (the form binaryFile's ``path`` column uses).
+
+    Examples
+    --------
+    >>> hadoop_path("file:///tmp/a%20b/x.jpg")
+    'file:/tmp/a b/x.jpg'
+    >>> hadoop_path("s3a://bucket/a%20b/x.jpg")
+    's3a://bucket/a b/x.jpg'
+    """
+    parsed = urlparse(uri)
+    path = unquote(parsed.path)
+    if parsed.netloc:
+        return f"{parsed.scheme}://{parsed.netloc}{path}"
+    return f"{parsed.scheme}:{path}"
+
+
 def read_images(spark: SparkSession, uri: str, *, glob: str = "*.jpg") -> DataFrame:
     """Every file under ``uri`` matching ``glob``, recursively, with its label.
 
-    Columns: ``path, label, size, modification_time, content``.
+    Columns: ``path, label, size, modification_time, content``. Zero-byte files, which Spark's
+    file scan skips, are kept with empty content so that every file gets a row.
     """
     from pyspark.sql import functions as F
 
-    df = (
+    raw = (
         spark.read.format("binaryFile")
         .option("pathGlobFilter", glob)
         .option("recursiveFileLookup", "true")
         .load(uri)
     )
-    return df.select(
+    listed = raw._jdf.inputFiles()  # every matching file, empty ones included
+    if len(listed) > raw.count():
+        present = {row["path"] for row in raw.select("path").collect()}
+        missing = [hadoop_path(str(f)) for f in listed if hadoop_path(str(f)) not in present]
+        rows = []
+        for path in missing:
+            fs, jpath = _fs(spark, path)
+            status = fs.getFileStatus(jpath)
+            modified = datetime.fromtimestamp(status.getModificationTime() / 1000)
+            rows.append((path, modified, int(status.getLen()), b""))
+        raw = raw.unionByName(spark.createDataFrame(rows, schema=raw.schema))
+    return raw.select(
         "path",
         F.regexp_extract("path", LABEL_RE, 1).alias("label"),
         F.col("length").alias("size"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ from p8lib.reduce import fit_reduce, max_k
 from p8lib.session import build_session, configure_s3, on_emr
 
 if TYPE_CHECKING:
+    from pyspark import Accumulator
     from pyspark.sql import DataFrame, SparkSession
 
 PARQUET = "features.parquet"
@@ -139,6 +141,64 @@ def run(
     return execute(config, spark=spark, log=log, verbose=verbose)
 
 
+def _previous_features(
+    spark: SparkSession,
+    output_uri: str,
+    *,
+    config: RunConfig,
+    weights_sha256: str,
+    log: Callable[[str], None],
+) -> DataFrame | None:
+    """The rows of the last run that can be reused (same weights and image size), or None."""
+    if not io.exists(spark, f"{output_uri}/{MANIFEST}"):
+        return None
+    previous = json.loads(io.read_bytes(spark, f"{output_uri}/{MANIFEST}"))
+    same_model = (
+        previous.get("inputs", {}).get("weights_sha256") == weights_sha256
+        and previous.get("config", {}).get("image_size") == config.image_size
+    )
+    if not same_model:
+        log("the previous results used other weights or image size: featurizing everything")
+        return None
+    return spark.read.parquet(f"{output_uri}/{PARQUET}").select(
+        "path", "size", "modification_time", "features", "error"
+    )
+
+
+def _featurize(
+    images: DataFrame,
+    previous: DataFrame | None,
+    *,
+    config: RunConfig,
+    weights: bytes,
+    suffix: str,
+    counter: Accumulator[int],
+) -> DataFrame:
+    """path, label, size, modification_time, features, error — reusing unchanged rows."""
+    from pyspark.sql import functions as F
+
+    keys = ["path", "size", "modification_time"]
+    listing = images.select("path", "label", "size", "modification_time")
+    todo = images
+    reused = None
+    if previous is not None:
+        # Same path, size and modification time: the image is unchanged, keep its features.
+        reused = listing.join(previous, on=keys, how="inner")
+        todo = images.join(reused.select(*keys), on=keys, how="left_anti")
+    result = featurize_column(
+        F.col("content"),
+        weights=weights,
+        suffix=suffix,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        counter=counter,
+    )
+    fresh = todo.select("path", "label", "size", "modification_time", result.alias("_r")).select(
+        "path", "label", "size", "modification_time", "_r.features", "_r.error"
+    )
+    return fresh if reused is None else fresh.unionByName(reused)
+
+
 def execute(
     config: RunConfig,
     *,
@@ -148,7 +208,6 @@ def execute(
 ) -> RunResult:
     """Run the pipeline for a validated :class:`RunConfig`."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     say = log or (lambda _msg: None)
     started = datetime.now(UTC)
@@ -165,6 +224,8 @@ def execute(
     for uri in uses_s3:
         s3.check_bucket(uri, endpoint=config.s3_endpoint)
     weights_path = resolve_weights(config.weights)
+    weights = weights_path.read_bytes()
+    weights_sha256 = hashlib.sha256(weights).hexdigest()
 
     if spark is None:
         spark = build_session(
@@ -197,34 +258,36 @@ def execute(
             f"--k {config.k} is larger than the data allows: {n_images} images give at most "
             f"{max_k(n_images, 1280)} components"
         )
-
-    with timer.stage("featurize", f"featurizing {n_images} images with MobileNetV2"):
-        counter = spark.sparkContext.accumulator(0)
-        result = featurize_column(
-            F.col("content"),
-            weights=Path(weights_path).read_bytes(),
-            suffix=Path(weights_path).suffix,
-            image_size=config.image_size,
-            batch_size=config.batch_size,
-            counter=counter,
-        )
-        # Persisted so the network runs once per image, not once per downstream action.
-        features = (
-            images.select("path", "label", "size", "modification_time", result.alias("_r"))
-            .select("path", "label", "size", "modification_time", "_r.features", "_r.error")
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
-        features.count()
-        failed = _error_reasons(features)
-        n_failed = sum(failed.values())
-
+    # Results are written here, then moved in place whole; made now to fail early if unwritable.
+    staged = io.sibling(output_uri, f".tmp-{run_id}")
+    io.make_dirs(spark, staged, what="output")
+    features = None
     try:
+        previous = None
+        if config.mode == "incremental":
+            previous = _previous_features(
+                spark, output_uri, config=config, weights_sha256=weights_sha256, log=say
+            )
+        with timer.stage("featurize", f"featurizing {n_images} images with MobileNetV2"):
+            counter = spark.sparkContext.accumulator(0)
+            # Persisted so the network runs once per image, not once per downstream action.
+            features = _featurize(
+                images,
+                previous,
+                config=config,
+                weights=weights,
+                suffix=weights_path.suffix,
+                counter=counter,
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+            features.count()
+            failed = _error_reasons(features)
+            n_failed = sum(failed.values())
+
         with timer.stage("reduce", "fitting StandardScaler + PCA"):
             reduction = fit_reduce(
                 features, k=config.k, variance=config.variance, n_rows=n_images - n_failed
             )
 
-        staged = io.sibling(output_uri, f".tmp-{run_id}")
         with timer.stage("write", f"writing results to {output_uri}"):
             table = reduction.transform(features).select(*OUTPUT_COLUMNS)
             table.write.parquet(f"{staged}/{PARQUET}")
@@ -234,44 +297,55 @@ def execute(
                 threshold=None if config.k is not None else config.variance,
             )
             io.write_bytes(spark, f"{staged}/{PLOT}", plots.to_png(figure))
-    finally:
-        features.unpersist()
 
-    seconds = dict(timer.seconds, total=round(time.perf_counter() - t0, 3))
-    manifest = {
-        "run_id": run_id,
-        "started_at": started.isoformat(),
-        "finished_at": datetime.now(UTC).isoformat(),
-        "config": config.as_dict(),
-        "inputs": {"images": images_uri, "glob": config.glob, "weights": str(weights_path)},
-        "outputs": {"parquet": PARQUET, "plot": PLOT, "manifest": MANIFEST, "uri": output_uri},
-        "counts": {
-            "images": n_images,
-            "featurized": int(counter.value),
-            "succeeded": n_images - n_failed,
-            "failed": n_failed,
-            "failed_by_reason": failed,
-        },
-        "pca": {
-            "k": reduction.k,
-            "variance_threshold": None if config.k is not None else config.variance,
-            "variance_reached": reduction.variance_reached,
-            "explained_variance": [float(v) for v in reduction.explained_variance],
-        },
-        "spark": {
-            "master": spark.sparkContext.master,
-            "version": spark.version,
-            "default_parallelism": spark.sparkContext.defaultParallelism,
-        },
-        "versions": _versions(),
-        "seconds": seconds,
-    }
-    io.write_bytes(spark, f"{staged}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
-    io.publish(spark, staged, output_uri, run_id=run_id)
+        seconds = dict(timer.seconds, total=round(time.perf_counter() - t0, 3))
+        featurized = int(counter.value)
+        manifest = {
+            "run_id": run_id,
+            "started_at": started.isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
+            "config": config.as_dict(),
+            "inputs": {
+                "images": images_uri,
+                "glob": config.glob,
+                "weights": str(weights_path),
+                "weights_sha256": weights_sha256,
+            },
+            "outputs": {"parquet": PARQUET, "plot": PLOT, "manifest": MANIFEST, "uri": output_uri},
+            "counts": {
+                "images": n_images,
+                "featurized": featurized,
+                "reused": n_images - featurized if previous is not None else 0,
+                "succeeded": n_images - n_failed,
+                "failed": n_failed,
+                "failed_by_reason": failed,
+            },
+            "pca": {
+                "k": reduction.k,
+                "variance_threshold": None if config.k is not None else config.variance,
+                "variance_reached": reduction.variance_reached,
+                "explained_variance": [float(v) for v in reduction.explained_variance],
+            },
+            "spark": {
+                "master": spark.sparkContext.master,
+                "version": spark.version,
+                "default_parallelism": spark.sparkContext.defaultParallelism,
+            },
+            "versions": _versions(),
+            "seconds": seconds,
+        }
+        io.write_bytes(spark, f"{staged}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
+        io.publish(spark, staged, output_uri, run_id=run_id)
+    except BaseException:
+        io.delete(spark, staged)
+        raise
+    finally:
+        if features is not None:
+            features.unpersist()
     return RunResult(
         output=output_uri,
         images=n_images,
-        featurized=int(counter.value),
+        featurized=featurized,
         failed=n_failed,
         k=reduction.k,
         variance_reached=reduction.variance_reached,

@@ -125,6 +125,7 @@ def test_manifest_is_complete(sample_run):  # type: ignore[no-untyped-def]
     assert manifest["counts"] == {
         "images": 34,
         "featurized": 34,  # the network ran once per image, not once per action
+        "reused": 0,
         "succeeded": 34,
         "failed": 0,
         "failed_by_reason": {},
