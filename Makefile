@@ -13,7 +13,7 @@ DEMO_OUT := results/sample
 .DEFAULT_GOAL := help
 S3_DIR := .cache/s3
 S3_PORT ?= 8333
-.PHONY: help install jars s3 demo sample test lint format clean
+.PHONY: help install jars s3 demo sample notebooks test lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ sample: install ## materialize the 34-image sample into data_sample/images
 demo: sample ## get the sample and weights, run the pipeline on it, print where the results are
 	$(BIN)/p8 run --images $(SAMPLE) --output $(DEMO_OUT) --mode overwrite
 
+notebooks: sample ## execute notebooks/P8_local.ipynb into results/ (and P8_AWS.ipynb when AWS_IMAGES=s3://… [AWS_OUTPUT=…])
+	$(BIN)/p8 notebook P8_local --results results
+	@if [ -n "$$AWS_IMAGES" ]; then $(BIN)/p8 notebook P8_AWS --results results -p images "$$AWS_IMAGES" -p output "$${AWS_OUTPUT:-$$AWS_IMAGES-results}" $${AWS_ENDPOINT_URL:+-p s3_endpoint $$AWS_ENDPOINT_URL}; fi
+
 test: install ## run the test suite (needs FRUITS360_DIR; offline with KERAS_HOME seeded)
 	$(BIN)/python -m pytest
 
@@ -50,6 +54,7 @@ lint: install ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check p8lib tests benchmarks
 	$(BIN)/ruff format --check p8lib tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/python -m p8lib.notebook notebooks/*.ipynb
 
 format: install ## apply ruff's formatting and import order
 	$(BIN)/ruff check --fix p8lib tests benchmarks

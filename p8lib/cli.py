@@ -96,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--s3-endpoint", help="S3 endpoint URL off AWS (or $AWS_ENDPOINT_URL)")
 
     sub.add_parser("jars", help="fetch and verify the S3A jars (hadoop-aws, AWS SDK bundle)")
+
+    notebook = sub.add_parser("notebook", help="execute a notebook headless with papermill")
+    notebook.add_argument("name", help="P8_local, P8_AWS or a path to a .ipynb")
+    notebook.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a notebook parameter (images, output, k, variance, sample_size, s3_endpoint)",
+    )
+    notebook.add_argument("--results", default="results", help="where the executed notebook goes")
     return parser
 
 
@@ -112,6 +125,15 @@ def _cmd_jars(args: argparse.Namespace) -> int:
 
     for path in ensure_s3_jars():
         print(path)
+    return 0
+
+
+def _cmd_notebook(args: argparse.Namespace) -> int:
+    from p8lib.notebook import parse_value, run_notebook
+
+    parameters = {key: parse_value(value) for key, value in args.parameter}
+    executed = run_notebook(args.name, parameters=parameters, results=args.results)
+    print(f"executed: {executed} (figures in {executed.with_suffix('')}/)")
     return 0
 
 
@@ -152,6 +174,7 @@ COMMANDS = {
     "sample": _cmd_sample,
     "upload": _cmd_upload,
     "jars": _cmd_jars,
+    "notebook": _cmd_notebook,
 }
 
 

@@ -214,3 +214,17 @@ def read_images(spark: SparkSession, uri: str, *, glob: str = "*.jpg") -> DataFr
         F.col("modificationTime").alias("modification_time"),
         "content",
     )
+
+
+def preview_images(
+    spark: SparkSession, uri: str, *, n: int = 12, glob: str = "*.jpg"
+) -> list[tuple[bytes, str]]:
+    """The first ``n`` images under ``uri`` (by path) as ``(bytes, label)``, for a grid."""
+    rows = read_images(spark, uri, glob=glob).orderBy("path").limit(n).collect()
+    return [(bytes(row["content"]), row["label"]) for row in rows]
+
+
+def read_results(spark: SparkSession, output: str) -> Any:
+    """The parquet results of a run under ``output`` as a pandas DataFrame, sorted by path."""
+    table: Any = spark.read.parquet(f"{output.rstrip('/')}/features.parquet").toPandas()
+    return table.sort_values("path").reset_index(drop=True)

@@ -44,3 +44,45 @@ def to_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def image_grid_figure(images: list[tuple[bytes, str]], *, columns: int = 6) -> Figure:
+    """A grid of images (encoded bytes) with their labels as titles."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    rows = max(1, -(-len(images) // columns))
+    fig = Figure(figsize=(2 * columns, 2.2 * rows), dpi=100)
+    for i, (content, label) in enumerate(images):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        try:
+            ax.imshow(Image.open(io.BytesIO(content)).convert("RGB"))
+        except Exception:
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def pca_scatter_figure(points: np.ndarray, labels: list[str]) -> Figure:
+    """The first two PCA components, one colour per label."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    xy = np.asarray(points, dtype=float)[:, :2]
+    classes = sorted(set(labels))
+    cmap = colormaps["tab20"].resampled(max(len(classes), 1))
+    fig = Figure(figsize=(8, 6), dpi=100)
+    ax = fig.add_subplot()
+    names = np.asarray(labels)
+    for i, name in enumerate(classes):
+        chosen = names == name
+        ax.scatter(xy[chosen, 0], xy[chosen, 1], s=18, color=cmap(i), label=name)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title("Images on the first two principal components")
+    if len(classes) <= 20:
+        ax.legend(fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    return fig

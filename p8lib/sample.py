@@ -15,7 +15,9 @@ from urllib.parse import quote
 
 from p8lib.errors import P8Error, UsageError
 
-MANIFEST = Path(__file__).resolve().parents[1] / "data_sample" / "manifest.csv"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = PROJECT_ROOT / "data_sample" / "manifest.csv"
+SAMPLE_DIR = PROJECT_ROOT / "data_sample" / "images"
 # The official Fruits-360 (100x100) repository; the manifest's paths are relative to its root.
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/fruits-360/fruits-360-100x100/main/"
 
@@ -84,3 +86,9 @@ def materialize(
         shutil.move(tmp.name, target)
         written.append(target)
     return written
+
+
+def ensure_sample(dest: Path = SAMPLE_DIR, *, source: str | None = None) -> Path:
+    """The sample's folder, materialized first if needed (see :func:`materialize`)."""
+    materialize(dest=dest, source=source)
+    return dest
