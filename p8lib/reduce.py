@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,77 @@ def max_k(n_rows: int, n_features: int) -> int:
     return min(n_rows, n_features)
 
 
+@dataclass(frozen=True)
+class Moments:
+    """Row count, column means and the centred cross-product matrix (sum of outer products)."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    def __add__(self, other: Moments) -> Moments:
+        # Chan et al.'s pairwise update: stable, no large sums of squares to subtract.
+        if self.n == 0:
+            return other
+        if other.n == 0:
+            return self
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / n)
+        m2 = self.m2 + other.m2 + np.outer(delta, delta) * (self.n * other.n / n)
+        return Moments(n, mean, m2)
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Moments:
+        """The moments of the rows of ``x``."""
+        x = np.asarray(x, dtype=np.float64)
+        if len(x) == 0:
+            return cls(0, np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1])))
+        mean = x.mean(axis=0)
+        centred = x - mean
+        return cls(len(x), mean, centred.T @ centred)
+
+
+def moments(df: DataFrame, *, input_col: str = "features") -> Moments:
+    """The moments of an array column, one pass over ``df``: numpy per partition, tree-reduced."""
+    import pandas as pd
+
+    def partial(batches: Any) -> Any:
+        total: Moments | None = None
+        for batch in batches:
+            values = batch[input_col].dropna()
+            if len(values):
+                part = Moments.of(np.stack(values.to_numpy()))
+                total = part if total is None else total + part
+        if total is not None:
+            yield pd.DataFrame(
+                {
+                    "n": [total.n],
+                    "mean": [total.mean.tobytes()],
+                    "m2": [total.m2.tobytes()],
+                }
+            )
+
+    def unpack(row: Any) -> Moments:
+        mean = np.frombuffer(row["mean"], dtype=np.float64)
+        m2 = np.frombuffer(row["m2"], dtype=np.float64).reshape(len(mean), len(mean))
+        return Moments(int(row["n"]), mean, m2)
+
+    # One partial per core, 16 at most: each is a dense d×d matrix (13 MB for d = 1280) that
+    # goes to the driver.
+    target = min(df.sparkSession.sparkContext.defaultParallelism, 16)
+    data = df.select(input_col)
+    if data.rdd.getNumPartitions() > target:
+        data = data.coalesce(target)
+    parts = data.mapInPandas(partial, schema="n long, mean binary, m2 binary").collect()
+    if not parts:
+        return Moments(0, np.zeros(0), np.zeros((0, 0)))
+    total = unpack(parts[0])
+    for row in parts[1:]:
+        total = total + unpack(row)
+    return total
+
+
 def fit_reduce(
     df: DataFrame,
     *,
@@ -78,19 +150,13 @@ def fit_reduce(
     """Fit StandardScaler(withMean, withStd) + PCA on the rows of ``df`` with features.
 
     With ``k`` the PCA has k components; otherwise k is the smallest count whose cumulative
-    explained variance reaches ``variance``. PCA's covariance is computed once: the model for
-    the chosen k is cut from the wider fit.
+    explained variance reaches ``variance``. One pass over the data gives the means and the
+    1280×1280 covariance; the eigen-decomposition of the correlation matrix (the covariance of
+    the standardized features) runs on the driver. The result is the same pair of pyspark.ml
+    models that ``StandardScaler().fit`` and ``PCA().fit`` give (up to each component's sign).
     """
-    from pyspark.ml import PipelineModel
-    from pyspark.ml.feature import PCA, StandardScaler
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.sql import functions as F
-
-    data = df.where(F.col(input_col).isNotNull()).select(
-        array_to_vector(F.col(input_col)).alias("_vec")
-    )
-    n = n_rows if n_rows is not None else data.count()
-    dim = len(data.first()["_vec"]) if n else 0  # type: ignore[index]
+    stats = moments(df, input_col=input_col)
+    n, dim = stats.n, len(stats.mean)
     if n < 2:
         raise UsageError(f"PCA needs at least 2 featurized images, got {n}")
     limit = max_k(n, dim)
@@ -99,35 +165,74 @@ def fit_reduce(
             f"--k {k} is larger than the data allows: {n} images of {dim} features "
             f"give at most {limit} components"
         )
-    scaler = StandardScaler(inputCol="_vec", outputCol="_scaled", withMean=True, withStd=True)
-    scaler_model = scaler.fit(data)
-    scaled = scaler_model.transform(data)
-    fit_k = k if k is not None else limit
-    pca = PCA(k=fit_k, inputCol="_scaled", outputCol="_pca").fit(scaled)
-    explained = pca.explainedVariance.toArray()
+    covariance = stats.m2 / (n - 1)
+    std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    # StandardScaler maps a constant feature to 0: its row and column drop out.
+    scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+    correlation = covariance * np.outer(scale, scale)
+    eigenvalues, eigenvectors = np.linalg.eigh(correlation)
+    order = np.argsort(eigenvalues)[::-1][:limit]
+    eigenvalues = np.clip(eigenvalues[order], 0.0, None)
+    explained = eigenvalues / eigenvalues.sum()
     chosen = k if k is not None else choose_k(explained, variance)
-    if chosen < fit_k:
-        pca = _truncate(pca, chosen)
-    return Reduction(PipelineModel(stages=[scaler_model, pca]), chosen, explained)
+    scaler = _scaler_model(stats.mean, std)
+    pca = _pca_model(eigenvectors[:, order[:chosen]], explained[:chosen])
+    from pyspark.ml import PipelineModel
+
+    return Reduction(PipelineModel(stages=[scaler, pca]), chosen, explained)
 
 
-def _truncate(pca: Any, k: int) -> Any:
-    """The same PCA model keeping only its first k components."""
+def _java(name: str, *args: Any) -> Any:
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    assert spark is not None and spark.sparkContext._jvm is not None
+    return getattr(spark.sparkContext._jvm.org.apache.spark.ml.feature, name)(*args)
+
+
+def _to_java(value: Any) -> Any:
     from pyspark.ml.common import _py2java
-    from pyspark.ml.feature import PCAModel
-    from pyspark.ml.linalg import DenseMatrix, DenseVector
     from pyspark.sql import SparkSession
 
     spark = SparkSession.getActiveSession()
     assert spark is not None
-    sc = spark.sparkContext
-    pc = pca.pc.toArray()[:, :k]
-    java_pc = _py2java(sc, DenseMatrix(pc.shape[0], k, pc.flatten(order="F").tolist()))
-    java_ev = _py2java(sc, DenseVector(pca.explainedVariance.toArray()[:k]))
-    assert sc._jvm is not None
-    java_model = sc._jvm.org.apache.spark.ml.feature.PCAModel(pca.uid, java_pc, java_ev)
-    pca._java_obj.copyValues(java_model, sc._jvm.org.apache.spark.ml.param.ParamMap())
-    java_model.set(java_model.k(), k)
-    model = PCAModel(java_model)
+    return _py2java(spark.sparkContext, value)
+
+
+def _scaler_model(mean: np.ndarray, std: np.ndarray) -> Any:
+    """A pyspark.ml StandardScalerModel (withMean, withStd) for these statistics."""
+    from pyspark.ml.feature import StandardScalerModel
+    from pyspark.ml.linalg import DenseVector
+
+    uid = f"StandardScaler_{uuid.uuid4().hex[-12:]}"
+    java = _java(
+        "StandardScalerModel", uid, _to_java(DenseVector(std)), _to_java(DenseVector(mean))
+    )
+    for name, value in [
+        ("inputCol", "_vec"),
+        ("outputCol", "_scaled"),
+        ("withMean", True),
+        ("withStd", True),
+    ]:
+        java.set(java.getParam(name), value)
+    model = StandardScalerModel(java)
+    model._transfer_params_from_java()
+    return model
+
+
+def _pca_model(components: np.ndarray, explained: np.ndarray) -> Any:
+    """A pyspark.ml PCAModel with these principal components (columns) and variance ratios."""
+    from pyspark.ml.feature import PCAModel
+    from pyspark.ml.linalg import DenseMatrix, DenseVector
+
+    rows, k = components.shape
+    matrix = DenseMatrix(
+        rows, k, np.asarray(components, dtype=np.float64).flatten(order="F").tolist()
+    )
+    uid = f"PCA_{uuid.uuid4().hex[-12:]}"
+    java = _java("PCAModel", uid, _to_java(matrix), _to_java(DenseVector(explained)))
+    for name, value in [("inputCol", "_scaled"), ("outputCol", "_pca"), ("k", k)]:
+        java.set(java.getParam(name), value)
+    model = PCAModel(java)
     model._transfer_params_from_java()
     return model
