@@ -13,7 +13,8 @@ DEMO_OUT := results/sample
 .DEFAULT_GOAL := help
 S3_DIR := .cache/s3
 S3_PORT ?= 8333
-.PHONY: help install jars s3 demo sample notebooks test lint format clean
+BENCH_SIZES ?= 2000,8000,0
+.PHONY: help install jars s3 demo sample notebooks bench test lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,6 +47,9 @@ demo: sample ## get the sample and weights, run the pipeline on it, print where 
 notebooks: sample ## execute notebooks/P8_local.ipynb into results/ (and P8_AWS.ipynb when AWS_IMAGES=s3://… [AWS_OUTPUT=…])
 	$(BIN)/p8 notebook P8_local --results results
 	@if [ -n "$$AWS_IMAGES" ]; then $(BIN)/p8 notebook P8_AWS --results results -p images "$$AWS_IMAGES" -p output "$${AWS_OUTPUT:-$$AWS_IMAGES-results}" $${AWS_ENDPOINT_URL:+-p s3_endpoint $$AWS_ENDPOINT_URL}; fi
+
+bench: install ## measure img/s, stage times, peak memory vs the bare model (BENCH_SIZES=2000,8000,0; 0 = all of $FRUITS360_DIR/Test)
+	$(BIN)/python benchmarks/bench.py --sizes $(BENCH_SIZES) --out results/bench.json
 
 test: install ## run the test suite (needs FRUITS360_DIR; offline with KERAS_HOME seeded)
 	$(BIN)/python -m pytest
