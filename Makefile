@@ -14,7 +14,7 @@ DEMO_OUT := results/sample
 S3_DIR := .cache/s3
 S3_PORT ?= 8333
 BENCH_SIZES ?= 2000,8000,0
-.PHONY: help install jars s3 demo sample notebooks bench test lint format clean
+.PHONY: help install jars s3 demo sample notebooks bench cluster cluster-stop classifier test lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,17 @@ notebooks: sample ## execute notebooks/P8_local.ipynb into results/ (and P8_AWS.
 
 bench: install ## measure img/s, stage times, peak memory vs the bare model (BENCH_SIZES=2000,8000,0; 0 = all of $FRUITS360_DIR/Test)
 	$(BIN)/python benchmarks/bench.py --sizes $(BENCH_SIZES) --out results/bench.json
+
+cluster: install ## start a Spark standalone master + 2 workers on 127.0.0.1 (pyspark's spark-class)
+	$(BIN)/python -m p8lib.cluster start --dir .cache/cluster --workers 2
+
+cluster-stop: ## stop the cluster that `make cluster` started (by pid)
+	$(BIN)/python -m p8lib.cluster stop --dir .cache/cluster
+
+classifier: install ## featurize Training-subset and Test, train and evaluate the classifier (results/)
+	$(BIN)/p8 run --images "$$FRUITS360_DIR/Training-subset" --output results/features-train --mode overwrite
+	$(BIN)/p8 run --images "$$FRUITS360_DIR/Test" --output results/features-test --mode overwrite
+	$(BIN)/p8 train --features results/features-train --test results/features-test --model results/model --mode overwrite
 
 test: install ## run the test suite (needs FRUITS360_DIR; offline with KERAS_HOME seeded)
 	$(BIN)/python -m pytest

@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from p8lib import __version__
 from p8lib.config import MODES
-from p8lib.errors import P8Error
+from p8lib.errors import P8Error, UsageError
 
 PROG = "p8"
 
@@ -48,6 +48,75 @@ def _conf(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _types(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _emr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    emr = sub.add_parser("emr", help="Amazon EMR: package, up, submit, status, down, cost")
+    actions = emr.add_subparsers(dest="action", required=True, parser_class=_Parser)
+
+    def aws_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--region", help="AWS region (default: $AWS_REGION / your profile's)")
+        p.add_argument(
+            "--dry-run", action="store_true", help="print the validated requests, send nothing"
+        )
+
+    def cluster_id(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--cluster-id",
+            default=os.environ.get("P8_CLUSTER_ID"),
+            help="j-... (default: $P8_CLUSTER_ID, which `p8 emr up` prints)",
+        )
+
+    package = actions.add_parser("package", help="upload wheel, bootstrap.sh, notebooks to S3")
+    package.add_argument("--bucket", required=True, help="bucket name (made private, encrypted)")
+    aws_options(package)
+
+    up = actions.add_parser("up", help="create the cluster from emr_config/cluster.json")
+    up.add_argument("--bucket", required=True, help="the bucket `p8 emr package` filled")
+    up.add_argument(
+        "--config", default=None, help="RunJobFlow JSON (default emr_config/cluster.json)"
+    )
+    up.add_argument("--name", help="cluster name")
+    up.add_argument("--release", help="EMR release label, e.g. emr-7.13.0")
+    up.add_argument("--master-type", help="master instance type (on demand)")
+    up.add_argument("--core-types", type=_types, help="core instance types, comma-separated")
+    up.add_argument("--core-count", type=_positive_int, help="core capacity (instances)")
+    up.add_argument("--task-types", type=_types, help="task instance types (default: core's)")
+    up.add_argument("--task-count", type=_positive_int, default=0, help="task capacity")
+    up.add_argument("--on-demand", action="store_true", help="core/task on demand, not spot")
+    up.add_argument(
+        "--idle-timeout", type=_positive_int, help="minutes idle before auto-termination"
+    )
+    up.add_argument("--subnet", help="subnet id (default: the default VPC's)")
+    up.add_argument("--key-name", help="EC2 key pair, only with --ssh-cidr")
+    up.add_argument("--ssh-cidr", help="open SSH to this block only, e.g. 203.0.113.7/32")
+    up.add_argument("--weights", help="s3:// URI of the .h5 weights to seed Keras's cache")
+    aws_options(up)
+
+    submit = actions.add_parser("submit", help="add a step: p8 run/train under spark-submit")
+    cluster_id(submit)
+    submit.add_argument("--bucket", required=True, help="the bucket `p8 emr package` filled")
+    submit.add_argument("p8_args", nargs=argparse.REMAINDER, help="-- run --images s3://... ...")
+    aws_options(submit)
+
+    for name, text in [("status", "the cluster's and its steps' states"), ("down", "terminate")]:
+        action = actions.add_parser(name, help=text)
+        cluster_id(action)
+        aws_options(action)
+
+    cost = actions.add_parser("cost", help="estimated cost of a run (price table inside)")
+    cost.add_argument("--master-type", default="m5.xlarge")
+    cost.add_argument("--core-type", default="m5.xlarge")
+    cost.add_argument("--core-count", type=_positive_int, default=2)
+    cost.add_argument("--task-count", type=_positive_int, default=0)
+    cost.add_argument("--on-demand", action="store_true", help="workers on demand, not spot")
+    group = cost.add_mutually_exclusive_group(required=True)
+    group.add_argument("--hours", type=_fraction, help="hours the cluster runs")
+    group.add_argument("--images", type=_positive_int, help="images to featurize")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = _Parser(prog=PROG, description="Fruits! image features on Spark: local or EMR.")
@@ -82,6 +151,50 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE", help="Spark conf"
     )
+
+    train = sub.add_parser(
+        "train", help="fit scaler + PCA + logistic regression on `p8 run` features; evaluate"
+    )
+    train.add_argument("--features", required=True, help="a `p8 run` output to train on")
+    train.add_argument("--model", required=True, help="folder or URI for the model")
+    train.add_argument(
+        "--test", help="a `p8 run` output to evaluate on (default: a held-out fifth of --features)"
+    )
+    train.add_argument(
+        "--input",
+        choices=("pca", "features"),
+        default="pca",
+        help="PCA components (default) or all 1280 scaled features",
+    )
+    group = train.add_mutually_exclusive_group()
+    group.add_argument("--k", type=_positive_int, help="number of PCA components")
+    group.add_argument(
+        "--variance", type=_fraction, default=0.99, help="smallest k reaching it (default 0.99)"
+    )
+    train.add_argument(
+        "--reg-param", type=_fraction, help="L2 strength (default: chosen on held-out images)"
+    )
+    train.add_argument("--max-iter", type=_positive_int, default=200, help="L-BFGS iterations")
+    train.add_argument(
+        "--mode", choices=("error", "overwrite"), default="error", help="when the model exists"
+    )
+    train.add_argument("--master", default="local[*]", help="Spark master URL (default local[*])")
+    train.add_argument("--s3-endpoint", help="S3 endpoint URL off EMR (or $AWS_ENDPOINT_URL)")
+    train.add_argument(
+        "--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE", help="Spark conf"
+    )
+
+    predict = sub.add_parser("predict", help="the top classes of photos, without Spark")
+    predict.add_argument("photos", nargs="+", metavar="PHOTO", help="image files (jpg, png, ...)")
+    predict.add_argument("--model", required=True, help="a `p8 train` model folder or s3:// URI")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument("--top", type=_positive_int, default=3, help="classes per photo")
+    predict.add_argument(
+        "--weights", default="imagenet", help="the weights the model's features came from"
+    )
+    predict.add_argument("--s3-endpoint", help="S3 endpoint URL off AWS (or $AWS_ENDPOINT_URL)")
+
+    _emr_parser(sub)
 
     sample = sub.add_parser("sample", help="materialize the 34-image data sample")
     sample.add_argument("--dest", default="data_sample/images", help="where to put the images")
@@ -160,6 +273,110 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from p8lib.classify import train
+
+    result = train(
+        features=args.features,
+        model=args.model,
+        test=args.test,
+        input=args.input,
+        k=args.k,
+        variance=args.variance,
+        reg_param=args.reg_param,
+        max_iter=args.max_iter,
+        mode=args.mode,
+        master=args.master,
+        s3_endpoint=args.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL"),
+        spark_conf=dict(args.conf),
+        log=_say,
+        verbose=args.verbose,
+    )
+    print(result.summary())
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from p8lib.predict import predict_photos
+
+    if not args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    results = predict_photos(
+        args.photos,
+        model=args.model,
+        weights=args.weights,
+        top=args.top,
+        s3_endpoint=args.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL"),
+    )
+    for result in results:
+        print(json.dumps(result.as_dict()) if args.json else result.line(), flush=True)
+    failed = sum(r.error is not None for r in results)
+    if failed:
+        _say(f"{failed} of {len(results)} photos could not be read")
+        return 1
+    return 0
+
+
+def _cmd_emr(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from p8lib import emr
+
+    if args.action == "cost":
+        estimate = emr.cost(
+            master_type=args.master_type,
+            core_type=args.core_type,
+            core_count=args.core_count,
+            task_count=args.task_count,
+            spot=not args.on_demand,
+            hours=args.hours,
+            images=args.images,
+        )
+        print("\n".join(estimate.lines))
+        return 0
+    aws = emr.Aws(region=args.region, dry_run=args.dry_run)
+    if args.action in ("submit", "status", "down") and not args.cluster_id:
+        raise UsageError("no cluster: pass --cluster-id j-... or set P8_CLUSTER_ID")
+    if args.action == "package":
+        for uri in emr.package(args.bucket, aws):
+            _say(f"{'would write' if args.dry_run else 'wrote'} {uri}")
+    elif args.action == "up":
+        spec = emr.ClusterSpec(
+            bucket=args.bucket,
+            name=args.name,
+            release=args.release,
+            master_type=args.master_type,
+            core_types=args.core_types,
+            core_count=args.core_count,
+            task_types=args.task_types,
+            task_count=args.task_count,
+            on_demand=args.on_demand,
+            idle_timeout_minutes=args.idle_timeout,
+            subnet=args.subnet,
+            key_name=args.key_name,
+            ssh_cidr=args.ssh_cidr,
+            weights=args.weights,
+        )
+        config = Path(args.config) if args.config else emr.CLUSTER_JSON
+        cluster = emr.up(spec, aws, config=config)
+        if cluster:
+            print(f"export P8_CLUSTER_ID={cluster}")
+    elif args.action == "submit":
+        p8_args = args.p8_args[1:] if args.p8_args[:1] == ["--"] else args.p8_args
+        step = emr.submit(args.cluster_id, args.bucket, p8_args, aws)
+        if step:
+            print(f"step {step} added to {args.cluster_id}: `p8 emr status` follows it")
+    elif args.action == "status":
+        print("\n".join(emr.status(args.cluster_id, aws)))
+    elif args.action == "down":
+        emr.down(args.cluster_id, aws)
+        if not args.dry_run:
+            print(f"terminating {args.cluster_id}")
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from p8lib.sample import materialize
 
@@ -171,6 +388,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": _cmd_run,
+    "train": _cmd_train,
+    "predict": _cmd_predict,
+    "emr": _cmd_emr,
     "sample": _cmd_sample,
     "upload": _cmd_upload,
     "jars": _cmd_jars,

@@ -86,3 +86,45 @@ def pca_scatter_figure(points: np.ndarray, labels: list[str]) -> Figure:
         ax.legend(fontsize=7, loc="best", ncol=2)
     fig.tight_layout()
     return fig
+
+
+def confusion_figure(matrix: np.ndarray, labels: list[str], *, top: int = 20) -> Figure:
+    """Heatmap of the classes in the ``top`` largest confusions (rows: true, columns: predicted).
+
+    Cells show the share of each true class's images (row-normalized) and are annotated with
+    counts; the diagonal stays visible so each confusion reads against the class's hits.
+    """
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(matrix)
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    cells = [np.unravel_index(i, off.shape) for i in np.argsort(off, axis=None)[::-1][:top]]
+    chosen: list[int] = []
+    for t, p in cells:
+        if off[t, p] == 0:
+            break
+        chosen += [int(i) for i in (t, p) if i not in chosen]
+    fig = Figure(figsize=(max(6, 0.45 * len(chosen) + 3), max(5, 0.4 * len(chosen) + 2.5)))
+    ax = fig.add_subplot()
+    if not chosen:
+        ax.text(0.5, 0.5, f"no confusions: all {int(matrix.sum())} images right", ha="center")
+        ax.axis("off")
+        return fig
+    sub = matrix[np.ix_(chosen, chosen)]
+    support = np.maximum(matrix[chosen].sum(axis=1, keepdims=True), 1)
+    share = sub / support
+    image = ax.imshow(share, cmap="Reds", vmin=0, vmax=1)
+    names = [labels[i] for i in chosen]
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for (r, c), count in np.ndenumerate(sub):
+        if count:
+            color = "white" if share[r, c] > 0.5 else "black"
+            ax.text(c, r, str(count), ha="center", va="center", fontsize=6, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Top {len([1 for t, p in cells if off[t, p]])} confusions (share of true class)")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig

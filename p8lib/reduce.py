@@ -166,7 +166,7 @@ def fit_reduce(
             f"give at most {limit} components"
         )
     covariance = stats.m2 / (n - 1)
-    std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    std = _std(stats)
     # StandardScaler maps a constant feature to 0: its row and column drop out.
     scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
     correlation = covariance * np.outer(scale, scale)
@@ -180,6 +180,20 @@ def fit_reduce(
     from pyspark.ml import PipelineModel
 
     return Reduction(PipelineModel(stages=[scaler, pca]), chosen, explained)
+
+
+def _std(stats: Moments) -> np.ndarray:
+    """Sample standard deviation of each column (what StandardScaler divides by)."""
+    return np.sqrt(np.clip(np.diag(stats.m2) / max(stats.n - 1, 1), 0.0, None))
+
+
+def fit_scaler(df: DataFrame, *, input_col: str = "features") -> Any:
+    """StandardScaler(withMean, withStd) fitted in one pass: a pyspark.ml StandardScalerModel
+    reading the vector column ``_vec`` and writing ``_scaled``."""
+    stats = moments(df, input_col=input_col)
+    if stats.n < 2:
+        raise UsageError(f"a scaler needs at least 2 featurized images, got {stats.n}")
+    return _scaler_model(stats.mean, _std(stats))
 
 
 def _java(name: str, *args: Any) -> Any:

@@ -158,3 +158,23 @@ def upload(
     except Exception as exc:
         raise _explain(exc, location.bucket, endpoint) from None
     return UploadResult(uploaded=len(todo), skipped=len(files) - len(todo))
+
+
+def download(location: S3Location, dest: Path, *, endpoint: str | None = None) -> int:
+    """Copy every object under ``location`` into ``dest`` (keys relative to the prefix)."""
+    uri = f"s3://{location.bucket}/{location.prefix}"
+    sizes = list_sizes(uri, endpoint=endpoint)
+    if not sizes:
+        raise UsageError(f"nothing under {uri}")
+    s3 = client(endpoint)
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    try:
+        for key in sizes:
+            if key.endswith("/"):
+                continue  # a "folder" marker
+            target = dest / key[len(prefix) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(location.bucket, key, str(target))
+    except Exception as exc:
+        raise _explain(exc, location.bucket, endpoint) from None
+    return len(sizes)
