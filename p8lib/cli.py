@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", default="imagenet", help="'imagenet' (Keras cache) or a .h5/.keras file"
     )
     run.add_argument("--image-size", type=_positive_int, default=224, help="network input size")
-    run.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
+    run.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
     run.add_argument(
         "--mode", choices=MODES, default="error", help="when the output exists (default: error)"
     )

@@ -177,13 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cores", type=int, default=1)
     parser.add_argument("--memory", default="4g")
+    parser.add_argument("--port", type=int, default=7077, help="master port (0: any free one)")
     args = parser.parse_args(argv)
     state_file = args.dir / "cluster.json"
     if args.action == "start":
         if state_file.exists():
             print(f"a cluster may be running ({state_file}): stop it first", file=sys.stderr)
             return 2
-        cluster = LocalCluster(args.dir, workers=args.workers, cores=args.cores, memory=args.memory)
+        cluster = LocalCluster(
+            args.dir, workers=args.workers, cores=args.cores, memory=args.memory, port=args.port
+        )
         cluster.start()
         print(
             f"master {cluster.url} (UI http://127.0.0.1:{cluster.ui_port}); stop: make cluster-stop"

@@ -36,7 +36,7 @@ class RunConfig:
     master: str = "local[*]"
     weights: str = "imagenet"
     image_size: int = 224
-    batch_size: int = 64
+    batch_size: int = 32
     mode: Mode = "error"
     s3_endpoint: str | None = None
     spark_conf: dict[str, str] = field(default_factory=dict)

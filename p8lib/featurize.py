@@ -207,7 +207,7 @@ def featurize_column(
     weights: bytes,
     suffix: str,
     image_size: int = 224,
-    batch_size: int = 64,
+    batch_size: int = 32,
     counter: Accumulator[int] | None = None,
 ) -> Column:
     """A column ``struct<features array<float>, error string>`` computed from image bytes.

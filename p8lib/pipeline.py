@@ -91,6 +91,20 @@ class _Timer:
         self.seconds[name] = round(time.perf_counter() - start, 3)
 
 
+def input_partitions(n_images: int, spark: SparkSession) -> int:
+    """How many tasks to featurize ``n_images`` in: at least 256 images each, up to 16 per core.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as NS
+    >>> spark = NS(sparkContext=NS(defaultParallelism=2))
+    >>> [input_partitions(n, spark) for n in (34, 2000, 8000, 23619)]
+    [2, 7, 31, 32]
+    """
+    cores = spark.sparkContext.defaultParallelism
+    return max(cores, min(16 * cores, n_images // 256))
+
+
 def _error_reasons(df: DataFrame) -> dict[str, int]:
     from pyspark.sql import functions as F
 
@@ -111,7 +125,7 @@ def run(
     master: str = "local[*]",
     weights: str = "imagenet",
     image_size: int = 224,
-    batch_size: int = 64,
+    batch_size: int = 32,
     mode: str = "error",
     s3_endpoint: str | None = None,
     spark_conf: dict[str, str] | None = None,
@@ -248,12 +262,9 @@ def execute(
             f"output already exists: {config.output} (pass --mode overwrite to replace it)"
         )
 
-    # Input partitions packed by bytes, ~4 per core: tasks long enough that per-task costs
-    # vanish, yet enough of them to keep every core busy (Spark's default packs ~32 images).
-    spark.conf.set("spark.sql.files.openCostInBytes", "0")
-    spark.conf.set(
-        "spark.sql.files.minPartitionNum", str(4 * spark.sparkContext.defaultParallelism)
-    )
+    # Input partitions are packed by bytes, not by file count (Spark's default packs ~32 images).
+    if "spark.sql.files.openCostInBytes" not in config.spark_conf:
+        spark.conf.set("spark.sql.files.openCostInBytes", "0")
     with timer.stage("read", f"reading {config.glob} under {images_uri}"):
         images = io.read_images(spark, images_uri, glob=config.glob)
         n_images = images.count()
@@ -264,6 +275,10 @@ def execute(
             f"--k {config.k} is larger than the data allows: {n_images} images give at most "
             f"{max_k(n_images, 1280)} components"
         )
+    if "spark.sql.files.minPartitionNum" not in config.spark_conf:
+        # Read when the featurize query is planned, below: 256+ images per task (one Arrow batch),
+        # up to 16 tasks per core so that the last round leaves no core idle for long.
+        spark.conf.set("spark.sql.files.minPartitionNum", str(input_partitions(n_images, spark)))
     # Results are written here, then moved in place whole; made now to fail early if unwritable.
     staged = io.sibling(output_uri, f".tmp-{run_id}")
     io.make_dirs(spark, staged, what="output")
@@ -295,7 +310,9 @@ def execute(
             )
 
         with timer.stage("write", f"writing results to {output_uri}"):
-            table = reduction.transform(features).select(*OUTPUT_COLUMNS)
+            # A few large tasks: the projection is cheap, per-task and per-file costs are not.
+            parts = spark.sparkContext.defaultParallelism
+            table = reduction.transform(features.coalesce(parts)).select(*OUTPUT_COLUMNS)
             table.write.parquet(f"{staged}/{PARQUET}")
             figure = plots.explained_variance_figure(
                 reduction.explained_variance,
