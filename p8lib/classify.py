@@ -334,106 +334,105 @@ def train(
                 "run both with the same --weights and --image-size"
             )
     seconds: dict[str, float] = {}
-    staged = io.sibling(model_uri, f".tmp-{run_id}")
-    io.make_dirs(spark, staged, what="model")
     data = None
     try:
-        start = time.perf_counter()
-        indexer = StringIndexer(inputCol="label", outputCol="_label_index").fit(rows)
-        labels = list(indexer.labels)
-        if len(labels) < 2:
-            raise UsageError(f"training needs at least 2 classes, {features} has {len(labels)}")
-        say(f"fitting the scaler{' and PCA' if input == 'pca' else ''} on {features_uri}")
-        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-        n_rows = rows.count()
-        if input == "pca":
-            reduction = fit_reduce(rows, k=k, variance=variance)
-            reduce_stages = list(reduction.model.stages)
-            chosen_k: int | None = reduction.k
-            features_col = "_pca"
-        else:
-            reduce_stages = [fit_scaler(rows)]
-            chosen_k, features_col = None, "_scaled"
-        reduce_model = PipelineModel(stages=reduce_stages)
-        data = (
-            reduce_model.transform(
-                indexer.transform(rows.withColumn(VECTOR_COL, array_to_vector(F.col("features"))))
+        with io.staging(spark, model_uri, run_id=run_id, what="model") as staged:
+            start = time.perf_counter()
+            indexer = StringIndexer(inputCol="label", outputCol="_label_index").fit(rows)
+            labels = list(indexer.labels)
+            if len(labels) < 2:
+                raise UsageError(f"training needs at least 2 classes, {features} has {len(labels)}")
+            say(f"fitting the scaler{' and PCA' if input == 'pca' else ''} on {features_uri}")
+            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+            n_rows = rows.count()
+            if input == "pca":
+                reduction = fit_reduce(rows, k=k, variance=variance)
+                reduce_stages = list(reduction.model.stages)
+                chosen_k: int | None = reduction.k
+                features_col = "_pca"
+            else:
+                reduce_stages = [fit_scaler(rows)]
+                chosen_k, features_col = None, "_scaled"
+            reduce_model = PipelineModel(stages=reduce_stages)
+            data = (
+                reduce_model.transform(
+                    indexer.transform(
+                        rows.withColumn(VECTOR_COL, array_to_vector(F.col("features")))
+                    )
+                )
+                .select("path", "label", "_label_index", features_col)
+                .persist(StorageLevel.MEMORY_AND_DISK)
             )
-            .select("path", "label", "_label_index", features_col)
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
-        data.count()
-        seconds["reduce"] = round(time.perf_counter() - start, 3)
+            data.count()
+            seconds["reduce"] = round(time.perf_counter() - start, 3)
 
-        start = time.perf_counter()
-        grid_scores: dict[str, float] = {}
-        if reg_param is None:
-            say(f"choosing regParam among {', '.join(f'{r:g}' for r in REG_GRID)}")
-            reg_param, grid_scores = _choose_reg_param(
-                data, features_col=features_col, max_iter=max_iter, log=say
+            start = time.perf_counter()
+            grid_scores: dict[str, float] = {}
+            if reg_param is None:
+                say(f"choosing regParam among {', '.join(f'{r:g}' for r in REG_GRID)}")
+                reg_param, grid_scores = _choose_reg_param(
+                    data, features_col=features_col, max_iter=max_iter, log=say
+                )
+            say(f"fitting logistic regression on {n_rows} images, {len(labels)} classes")
+            logistic = _logistic(reg_param, max_iter, features_col).fit(data)
+            to_label = IndexToString(
+                inputCol="prediction", outputCol="predicted_label", labels=labels
             )
-        say(f"fitting logistic regression on {n_rows} images, {len(labels)} classes")
-        logistic = _logistic(reg_param, max_iter, features_col).fit(data)
-        to_label = IndexToString(inputCol="prediction", outputCol="predicted_label", labels=labels)
-        pipeline = PipelineModel(stages=[*reduce_stages, logistic, to_label])
-        seconds["fit"] = round(time.perf_counter() - start, 3)
+            pipeline = PipelineModel(stages=[*reduce_stages, logistic, to_label])
+            seconds["fit"] = round(time.perf_counter() - start, 3)
 
-        start = time.perf_counter()
-        if test_rows is not None:
-            say(f"evaluating on {test_uri}")
-            evaluation = evaluate(pipeline, test_rows, labels=labels, on=f"test {test_uri}")
-        else:
-            fold = F.pmod(F.xxhash64("path"), F.lit(5))
-            say("no --test: evaluating on the held-out fifth of the training images")
-            held = rows.where(fold == 0)
-            evaluation = evaluate(
-                _refit_without(
-                    held, rows, pipeline, reduce_stages, reg_param, max_iter, features_col
-                ),
-                held,
-                labels=labels,
-                on="held-out fifth of the training images",
+            start = time.perf_counter()
+            if test_rows is not None:
+                say(f"evaluating on {test_uri}")
+                evaluation = evaluate(pipeline, test_rows, labels=labels, on=f"test {test_uri}")
+            else:
+                fold = F.pmod(F.xxhash64("path"), F.lit(5))
+                say("no --test: evaluating on the held-out fifth of the training images")
+                held = rows.where(fold == 0)
+                evaluation = evaluate(
+                    _refit_without(
+                        held, rows, pipeline, reduce_stages, reg_param, max_iter, features_col
+                    ),
+                    held,
+                    labels=labels,
+                    on="held-out fifth of the training images",
+                )
+            seconds["evaluate"] = round(time.perf_counter() - start, 3)
+
+            pipeline.write().save(f"{staged}/{SPARK_MODEL}")
+            figure = plots.confusion_figure(evaluation.matrix, evaluation.labels, top=20)
+            io.write_bytes(spark, f"{staged}/{CONFUSION}", plots.to_png(figure))
+            io.write_bytes(
+                spark, f"{staged}/{EVALUATION}", json.dumps(evaluation.as_dict(), indent=2).encode()
             )
-        seconds["evaluate"] = round(time.perf_counter() - start, 3)
-
-        pipeline.write().save(f"{staged}/{SPARK_MODEL}")
-        figure = plots.confusion_figure(evaluation.matrix, evaluation.labels, top=20)
-        io.write_bytes(spark, f"{staged}/{CONFUSION}", plots.to_png(figure))
-        io.write_bytes(
-            spark, f"{staged}/{EVALUATION}", json.dumps(evaluation.as_dict(), indent=2).encode()
-        )
-        seconds["total"] = round(time.perf_counter() - t0, 3)
-        weights_sha256, image_size = _model_key(manifest)
-        info = {
-            "created_at": started.isoformat(),
-            "p8lib": __version__,
-            "features": features_uri,
-            "test": test_uri,
-            "input": input,
-            "k": chosen_k,
-            "variance_threshold": variance if input == "pca" and k is None else None,
-            "reg_param": reg_param,
-            "reg_param_scores": grid_scores,
-            "max_iter": max_iter,
-            "iterations": logistic.summary.totalIterations if logistic.hasSummary else None,
-            "train_rows": n_rows,
-            "labels": labels,
-            "image_size": image_size,
-            "weights_sha256": weights_sha256,
-            "evaluation": {
-                key: value
-                for key, value in evaluation.as_dict().items()
-                if key in ("on", "rows", "accuracy", "top3_accuracy", "macro_f1")
-            },
-            "spark": {"master": spark.sparkContext.master, "version": spark.version},
-            "versions": _versions(),
-            "seconds": seconds,
-        }
-        io.write_bytes(spark, f"{staged}/{MODEL_INFO}", json.dumps(info, indent=2).encode())
-        io.publish(spark, staged, model_uri, run_id=run_id)
-    except BaseException:
-        io.delete(spark, staged)
-        raise
+            seconds["total"] = round(time.perf_counter() - t0, 3)
+            weights_sha256, image_size = _model_key(manifest)
+            info = {
+                "created_at": started.isoformat(),
+                "p8lib": __version__,
+                "features": features_uri,
+                "test": test_uri,
+                "input": input,
+                "k": chosen_k,
+                "variance_threshold": variance if input == "pca" and k is None else None,
+                "reg_param": reg_param,
+                "reg_param_scores": grid_scores,
+                "max_iter": max_iter,
+                "iterations": logistic.summary.totalIterations if logistic.hasSummary else None,
+                "train_rows": n_rows,
+                "labels": labels,
+                "image_size": image_size,
+                "weights_sha256": weights_sha256,
+                "evaluation": {
+                    key: value
+                    for key, value in evaluation.as_dict().items()
+                    if key in ("on", "rows", "accuracy", "top3_accuracy", "macro_f1")
+                },
+                "spark": {"master": spark.sparkContext.master, "version": spark.version},
+                "versions": _versions(),
+                "seconds": seconds,
+            }
+            io.write_bytes(spark, f"{staged}/{MODEL_INFO}", json.dumps(info, indent=2).encode())
     finally:
         rows.unpersist()
         if data is not None:

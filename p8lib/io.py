@@ -7,6 +7,8 @@ works on the local disk, on S3 through S3A and on EMR through EMRFS.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,6 +165,20 @@ def publish(spark: SparkSession, staged: str, final: str, *, run_id: str) -> Non
         raise
     if had_old:
         delete(spark, old)
+
+
+@contextmanager
+def staging(spark: SparkSession, final: str, *, run_id: str, what: str) -> Iterator[str]:
+    """A hidden sibling of ``final`` to write into: published whole when the block ends,
+    deleted if it fails. Made on entry, so an unwritable ``final`` fails before any work."""
+    staged = sibling(final, f".tmp-{run_id}")
+    make_dirs(spark, staged, what=what)
+    try:
+        yield staged
+        publish(spark, staged, final, run_id=run_id)
+    except BaseException:
+        delete(spark, staged)
+        raise
 
 
 def hadoop_path(uri: str) -> str:

@@ -279,89 +279,90 @@ def execute(
         # Read when the featurize query is planned, below: 256+ images per task (one Arrow batch),
         # up to 16 tasks per core so that the last round leaves no core idle for long.
         spark.conf.set("spark.sql.files.minPartitionNum", str(input_partitions(n_images, spark)))
-    # Results are written here, then moved in place whole; made now to fail early if unwritable.
-    staged = io.sibling(output_uri, f".tmp-{run_id}")
-    io.make_dirs(spark, staged, what="output")
     features = None
     try:
-        previous = None
-        if config.mode == "incremental":
-            previous = _previous_features(
-                spark, output_uri, config=config, weights_sha256=weights_sha256, log=say
-            )
-        with timer.stage("featurize", f"featurizing {n_images} images with MobileNetV2"):
-            counter = spark.sparkContext.accumulator(0)
-            # Persisted so the network runs once per image, not once per downstream action.
-            features = _featurize(
-                images,
-                previous,
-                config=config,
-                weights=weights,
-                suffix=weights_path.suffix,
-                counter=counter,
-            ).persist(StorageLevel.MEMORY_AND_DISK)
-            features.count()
-            failed = _error_reasons(features)
-            n_failed = sum(failed.values())
+        # Results are written to a hidden sibling, moved in place only when whole; it is made
+        # first, so an unwritable output fails before any image is featurized.
+        with io.staging(spark, output_uri, run_id=run_id, what="output") as staged:
+            previous = None
+            if config.mode == "incremental":
+                previous = _previous_features(
+                    spark, output_uri, config=config, weights_sha256=weights_sha256, log=say
+                )
+            with timer.stage("featurize", f"featurizing {n_images} images with MobileNetV2"):
+                counter = spark.sparkContext.accumulator(0)
+                # Persisted so the network runs once per image, not once per downstream action.
+                features = _featurize(
+                    images,
+                    previous,
+                    config=config,
+                    weights=weights,
+                    suffix=weights_path.suffix,
+                    counter=counter,
+                ).persist(StorageLevel.MEMORY_AND_DISK)
+                features.count()
+                failed = _error_reasons(features)
+                n_failed = sum(failed.values())
 
-        with timer.stage("reduce", "fitting StandardScaler + PCA"):
-            reduction = fit_reduce(
-                features, k=config.k, variance=config.variance, n_rows=n_images - n_failed
-            )
+            with timer.stage("reduce", "fitting StandardScaler + PCA"):
+                reduction = fit_reduce(
+                    features, k=config.k, variance=config.variance, n_rows=n_images - n_failed
+                )
 
-        with timer.stage("write", f"writing results to {output_uri}"):
-            # A few large tasks: the projection is cheap, per-task and per-file costs are not.
-            parts = spark.sparkContext.defaultParallelism
-            table = reduction.transform(features.coalesce(parts)).select(*OUTPUT_COLUMNS)
-            table.write.parquet(f"{staged}/{PARQUET}")
-            figure = plots.explained_variance_figure(
-                reduction.explained_variance,
-                k=reduction.k,
-                threshold=None if config.k is not None else config.variance,
-            )
-            io.write_bytes(spark, f"{staged}/{PLOT}", plots.to_png(figure))
+            with timer.stage("write", f"writing results to {output_uri}"):
+                # A few large tasks: the projection is cheap, per-task and per-file costs are not.
+                parts = spark.sparkContext.defaultParallelism
+                table = reduction.transform(features.coalesce(parts)).select(*OUTPUT_COLUMNS)
+                table.write.parquet(f"{staged}/{PARQUET}")
+                figure = plots.explained_variance_figure(
+                    reduction.explained_variance,
+                    k=reduction.k,
+                    threshold=None if config.k is not None else config.variance,
+                )
+                io.write_bytes(spark, f"{staged}/{PLOT}", plots.to_png(figure))
 
-        seconds = dict(timer.seconds, total=round(time.perf_counter() - t0, 3))
-        featurized = int(counter.value)
-        manifest = {
-            "run_id": run_id,
-            "started_at": started.isoformat(),
-            "finished_at": datetime.now(UTC).isoformat(),
-            "config": config.as_dict(),
-            "inputs": {
-                "images": images_uri,
-                "glob": config.glob,
-                "weights": str(weights_path),
-                "weights_sha256": weights_sha256,
-            },
-            "outputs": {"parquet": PARQUET, "plot": PLOT, "manifest": MANIFEST, "uri": output_uri},
-            "counts": {
-                "images": n_images,
-                "featurized": featurized,
-                "reused": n_images - featurized if previous is not None else 0,
-                "succeeded": n_images - n_failed,
-                "failed": n_failed,
-                "failed_by_reason": failed,
-            },
-            "pca": {
-                "k": reduction.k,
-                "variance_threshold": None if config.k is not None else config.variance,
-                "variance_reached": reduction.variance_reached,
-                "explained_variance": [float(v) for v in reduction.explained_variance],
-            },
-            "spark": {
-                "master": spark.sparkContext.master,
-                "version": spark.version,
-                "default_parallelism": spark.sparkContext.defaultParallelism,
-            },
-            "versions": _versions(),
-            "seconds": seconds,
-        }
-        io.write_bytes(spark, f"{staged}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
-        io.publish(spark, staged, output_uri, run_id=run_id)
-    except BaseException:
-        io.delete(spark, staged)
-        raise
+            seconds = dict(timer.seconds, total=round(time.perf_counter() - t0, 3))
+            featurized = int(counter.value)
+            manifest = {
+                "run_id": run_id,
+                "started_at": started.isoformat(),
+                "finished_at": datetime.now(UTC).isoformat(),
+                "config": config.as_dict(),
+                "inputs": {
+                    "images": images_uri,
+                    "glob": config.glob,
+                    "weights": str(weights_path),
+                    "weights_sha256": weights_sha256,
+                },
+                "outputs": {
+                    "parquet": PARQUET,
+                    "plot": PLOT,
+                    "manifest": MANIFEST,
+                    "uri": output_uri,
+                },
+                "counts": {
+                    "images": n_images,
+                    "featurized": featurized,
+                    "reused": n_images - featurized if previous is not None else 0,
+                    "succeeded": n_images - n_failed,
+                    "failed": n_failed,
+                    "failed_by_reason": failed,
+                },
+                "pca": {
+                    "k": reduction.k,
+                    "variance_threshold": None if config.k is not None else config.variance,
+                    "variance_reached": reduction.variance_reached,
+                    "explained_variance": [float(v) for v in reduction.explained_variance],
+                },
+                "spark": {
+                    "master": spark.sparkContext.master,
+                    "version": spark.version,
+                    "default_parallelism": spark.sparkContext.defaultParallelism,
+                },
+                "versions": _versions(),
+                "seconds": seconds,
+            }
+            io.write_bytes(spark, f"{staged}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
     finally:
         if features is not None:
             features.unpersist()
