@@ -21,6 +21,7 @@ import numpy as np
 
 from p8lib import io
 from p8lib.errors import P8Error, UsageError
+from p8lib.reduce import inverse_std
 
 SPARK_MODEL = "spark_model"
 MODEL_INFO = "model.json"
@@ -42,9 +43,7 @@ class Classifier:
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Class probabilities (rows sum to 1) for a batch of 1280-d features."""
         x = np.atleast_2d(np.asarray(features, dtype=np.float64))
-        # Spark's StandardScaler: a constant feature (std 0) maps to 0.
-        scale = np.divide(1.0, self.std, out=np.zeros_like(self.std), where=self.std > 0)
-        x = (x - self.mean) * scale
+        x = (x - self.mean) * inverse_std(self.std)
         if self.components is not None:
             x = x @ self.components
         margins = x @ self.coefficients.T + self.intercepts

@@ -44,9 +44,7 @@ class Reduction:
 
         scaler, pca = self.model.stages
         assert isinstance(scaler, StandardScalerModel) and isinstance(pca, PCAModel)
-        mean, std = scaler.mean.toArray(), scaler.std.toArray()
-        # StandardScaler maps a constant feature (std 0) to 0.
-        scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+        mean, scale = scaler.mean.toArray(), inverse_std(scaler.std.toArray())
         params = df.sparkSession.sparkContext.broadcast((mean, scale, pca.pc.toArray()))
         schema = StructType(
             [*df.schema.fields, StructField("pca_features", ArrayType(DoubleType()))]
@@ -186,8 +184,8 @@ def fit_reduce(
         )
     covariance = stats.m2 / (n - 1)
     std = _std(stats)
-    # StandardScaler maps a constant feature to 0: its row and column drop out.
-    scale = np.where(std > 0, 1.0 / np.where(std > 0, std, 1.0), 0.0)
+    # A constant feature scales to 0: its row and column drop out.
+    scale = inverse_std(std)
     correlation = covariance * np.outer(scale, scale)
     eigenvalues, eigenvectors = np.linalg.eigh(correlation)
     order = np.argsort(eigenvalues)[::-1][:limit]
@@ -199,6 +197,17 @@ def fit_reduce(
     from pyspark.ml import PipelineModel
 
     return Reduction(PipelineModel(stages=[scaler, pca]), chosen, explained)
+
+
+def inverse_std(std: np.ndarray) -> np.ndarray:
+    """What StandardScaler multiplies by: 1 / std, and 0 for a constant feature (std 0).
+
+    Examples
+    --------
+    >>> inverse_std(np.array([2.0, 0.0, 0.5]))
+    array([0.5, 0. , 2. ])
+    """
+    return np.divide(1.0, std, out=np.zeros_like(std, dtype=np.float64), where=std > 0)
 
 
 def _std(stats: Moments) -> np.ndarray:
