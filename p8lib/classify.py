@@ -20,7 +20,7 @@ import numpy as np
 
 from p8lib import __version__, io, plots, s3
 from p8lib.errors import UsageError
-from p8lib.pipeline import MANIFEST, PARQUET, _versions
+from p8lib.pipeline import MANIFEST, PARQUET, _versions, featurized_with
 from p8lib.predict import MODEL_INFO, SPARK_MODEL
 from p8lib.reduce import fit_reduce, fit_scaler
 from p8lib.session import build_session, configure_s3, on_emr
@@ -176,13 +176,6 @@ def _read_features(spark: SparkSession, uri: str, *, what: str) -> tuple[DataFra
     return rows, manifest
 
 
-def _model_key(manifest: dict[str, Any]) -> tuple[Any, Any]:
-    return (
-        manifest.get("inputs", {}).get("weights_sha256"),
-        manifest.get("config", {}).get("image_size"),
-    )
-
-
 def _logistic(reg_param: float, max_iter: int, features_col: str) -> Any:
     from pyspark.ml.classification import LogisticRegression
 
@@ -197,15 +190,21 @@ def _logistic(reg_param: float, max_iter: int, features_col: str) -> Any:
     )
 
 
+def _held_out() -> Any:
+    """True for the fifth of the rows held out of fitting (by path: the same fifth every time)."""
+    from pyspark.sql import functions as F
+
+    return F.pmod(F.xxhash64("path"), F.lit(5)) == 0
+
+
 def _choose_reg_param(
     data: DataFrame, *, features_col: str, max_iter: int, log: Callable[[str], None]
 ) -> tuple[float, dict[str, float]]:
     """The regParam of REG_GRID with the best accuracy on a held-out fifth of ``data``."""
     from pyspark.sql import functions as F
 
-    fold = F.pmod(F.xxhash64("path"), F.lit(5))
-    fit_part = data.where(fold != 0)
-    held_out = data.where(fold == 0)
+    fit_part = data.where(~_held_out())
+    held_out = data.where(_held_out())
     n_held = held_out.count()
     scores: dict[float, float] = {}
     for reg in REG_GRID:
@@ -328,7 +327,7 @@ def train(
     test_rows = None
     if test_uri:
         test_rows, test_manifest = _read_features(spark, test_uri, what="--test")
-        if _model_key(test_manifest) != _model_key(manifest):
+        if featurized_with(test_manifest) != featurized_with(manifest):
             raise UsageError(
                 "--test was featurized with other weights or image size than --features: "
                 "run both with the same --weights and --image-size"
@@ -386,14 +385,14 @@ def train(
                 say(f"evaluating on {test_uri}")
                 evaluation = evaluate(pipeline, test_rows, labels=labels, on=f"test {test_uri}")
             else:
-                fold = F.pmod(F.xxhash64("path"), F.lit(5))
                 say("no --test: evaluating on the held-out fifth of the training images")
-                held = rows.where(fold == 0)
+                # The same pipeline, its regression refitted without the held-out rows.
+                logistic_rest = _logistic(reg_param, max_iter, features_col).fit(
+                    data.where(~_held_out())
+                )
                 evaluation = evaluate(
-                    _refit_without(
-                        held, rows, pipeline, reduce_stages, reg_param, max_iter, features_col
-                    ),
-                    held,
+                    PipelineModel(stages=[*reduce_stages, logistic_rest, to_label]),
+                    rows.where(_held_out()),
                     labels=labels,
                     on="held-out fifth of the training images",
                 )
@@ -406,7 +405,7 @@ def train(
                 spark, f"{staged}/{EVALUATION}", json.dumps(evaluation.as_dict(), indent=2).encode()
             )
             seconds["total"] = round(time.perf_counter() - t0, 3)
-            weights_sha256, image_size = _model_key(manifest)
+            weights_sha256, image_size = featurized_with(manifest)
             info = {
                 "created_at": started.isoformat(),
                 "p8lib": __version__,
@@ -448,28 +447,3 @@ def train(
         seconds=seconds,
         info=info,
     )
-
-
-def _refit_without(
-    held: DataFrame,
-    rows: DataFrame,
-    pipeline: PipelineModel,
-    reduce_stages: list[Any],
-    reg_param: float,
-    max_iter: int,
-    features_col: str,
-) -> PipelineModel:
-    """The same pipeline with its logistic regression refitted without the held-out rows."""
-    from pyspark.ml import PipelineModel
-    from pyspark.ml.feature import StringIndexer
-    from pyspark.ml.functions import array_to_vector
-    from pyspark.sql import functions as F
-
-    rest = rows.join(held.select("path"), on="path", how="left_anti")
-    indexer = StringIndexer(inputCol="label", outputCol="_label_index")
-    indexer_model = indexer.fit(rows)  # same label order as the saved model
-    data = PipelineModel(stages=reduce_stages).transform(
-        indexer_model.transform(rest.withColumn(VECTOR_COL, array_to_vector(F.col("features"))))
-    )
-    logistic = _logistic(reg_param, max_iter, features_col).fit(data)
-    return PipelineModel(stages=[*reduce_stages, logistic, pipeline.stages[-1]])

@@ -155,6 +155,14 @@ def run(
     return execute(config, spark=spark, log=log, verbose=verbose)
 
 
+def featurized_with(manifest: dict[str, Any]) -> tuple[str | None, int | None]:
+    """The weights' sha256 and the image size a run's features came from (its manifest)."""
+    return (
+        manifest.get("inputs", {}).get("weights_sha256"),
+        manifest.get("config", {}).get("image_size"),
+    )
+
+
 def _previous_features(
     spark: SparkSession,
     output_uri: str,
@@ -167,11 +175,7 @@ def _previous_features(
     if not io.exists(spark, f"{output_uri}/{MANIFEST}"):
         return None
     previous = json.loads(io.read_bytes(spark, f"{output_uri}/{MANIFEST}"))
-    same_model = (
-        previous.get("inputs", {}).get("weights_sha256") == weights_sha256
-        and previous.get("config", {}).get("image_size") == config.image_size
-    )
-    if not same_model:
+    if featurized_with(previous) != (weights_sha256, config.image_size):
         log("the previous results used other weights or image size: featurizing everything")
         return None
     return spark.read.parquet(f"{output_uri}/{PARQUET}").select(
