@@ -70,16 +70,18 @@ class Evaluation:
         present = [c for c in self.per_class() if c["support"] > 0]
         return sorted(present, key=lambda c: (c["f1"], -c["support"]))[:n]
 
-    def top_confusions(self, n: int = 10) -> list[dict[str, Any]]:
-        """The ``n`` largest off-diagonal cells: true label, predicted label, count."""
+    def confusion_cells(self, n: int = 10) -> list[tuple[int, int]]:
+        """(true, predicted) indices of the ``n`` largest non-zero off-diagonal cells."""
         off = self.matrix.copy()
         np.fill_diagonal(off, 0)
-        order = np.argsort(off, axis=None)[::-1][:n]
-        cells = [np.unravel_index(i, off.shape) for i in order]
+        cells = [np.unravel_index(i, off.shape) for i in np.argsort(off, axis=None)[::-1][:n]]
+        return [(int(t), int(p)) for t, p in cells if off[t, p] > 0]
+
+    def top_confusions(self, n: int = 10) -> list[dict[str, Any]]:
+        """The ``n`` largest off-diagonal cells: true label, predicted label, count."""
         return [
-            {"true": self.labels[t], "predicted": self.labels[p], "count": int(off[t, p])}
-            for t, p in cells
-            if off[t, p] > 0
+            {"true": self.labels[t], "predicted": self.labels[p], "count": int(self.matrix[t, p])}
+            for t, p in self.confusion_cells(n)
         ]
 
     def as_dict(self) -> dict[str, Any]:
@@ -399,7 +401,9 @@ def train(
             seconds["evaluate"] = round(time.perf_counter() - start, 3)
 
             pipeline.write().save(f"{staged}/{SPARK_MODEL}")
-            figure = plots.confusion_figure(evaluation.matrix, evaluation.labels, top=20)
+            figure = plots.confusion_figure(
+                evaluation.matrix, evaluation.labels, cells=evaluation.confusion_cells(20)
+            )
             io.write_bytes(spark, f"{staged}/{CONFUSION}", plots.to_png(figure))
             io.write_bytes(
                 spark, f"{staged}/{EVALUATION}", json.dumps(evaluation.as_dict(), indent=2).encode()

@@ -88,8 +88,11 @@ def pca_scatter_figure(points: np.ndarray, labels: list[str]) -> Figure:
     return fig
 
 
-def confusion_figure(matrix: np.ndarray, labels: list[str], *, top: int = 20) -> Figure:
-    """Heatmap of the classes in the ``top`` largest confusions (rows: true, columns: predicted).
+def confusion_figure(
+    matrix: np.ndarray, labels: list[str], *, cells: list[tuple[int, int]]
+) -> Figure:
+    """Heatmap of the classes in the confusions ``cells`` (true, predicted indices, largest
+    first); rows: true class, columns: predicted.
 
     Cells show the share of each true class's images (row-normalized) and are annotated with
     counts; the diagonal stays visible so each confusion reads against the class's hits.
@@ -97,14 +100,9 @@ def confusion_figure(matrix: np.ndarray, labels: list[str], *, top: int = 20) ->
     from matplotlib.figure import Figure
 
     matrix = np.asarray(matrix)
-    off = matrix.copy()
-    np.fill_diagonal(off, 0)
-    cells = [np.unravel_index(i, off.shape) for i in np.argsort(off, axis=None)[::-1][:top]]
     chosen: list[int] = []
     for t, p in cells:
-        if off[t, p] == 0:
-            break
-        chosen += [int(i) for i in (t, p) if i not in chosen]
+        chosen += [i for i in (t, p) if i not in chosen]
     fig = Figure(figsize=(max(6, 0.45 * len(chosen) + 3), max(5, 0.4 * len(chosen) + 2.5)))
     ax = fig.add_subplot()
     if not chosen:
@@ -124,7 +122,7 @@ def confusion_figure(matrix: np.ndarray, labels: list[str], *, top: int = 20) ->
             ax.text(c, r, str(count), ha="center", va="center", fontsize=6, color=color)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"Top {len([1 for t, p in cells if off[t, p]])} confusions (share of true class)")
+    ax.set_title(f"Top {len(cells)} confusions (share of true class)")
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
     return fig
