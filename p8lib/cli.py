@@ -48,6 +48,25 @@ def _conf(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _pca_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--k", type=_positive_int, help="number of PCA components")
+    group.add_argument(
+        "--variance",
+        type=_fraction,
+        default=0.99,
+        help="choose the smallest k reaching this explained variance (default 0.99)",
+    )
+
+
+def _spark_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--master", default="local[*]", help="Spark master URL (default local[*])")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL off EMR (or $AWS_ENDPOINT_URL)")
+    p.add_argument(
+        "--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE", help="Spark conf"
+    )
+
+
 def _types(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
@@ -129,16 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="featurize images, fit scaler + PCA, write parquet")
     run.add_argument("--images", required=True, help="folder or URI of the images (recursive)")
     run.add_argument("--output", required=True, help="folder or URI for the results")
-    group = run.add_mutually_exclusive_group()
-    group.add_argument("--k", type=_positive_int, help="number of PCA components")
-    group.add_argument(
-        "--variance",
-        type=_fraction,
-        default=0.99,
-        help="choose the smallest k reaching this explained variance (default 0.99)",
-    )
+    _pca_options(run)
     run.add_argument("--glob", default="*.jpg", help="file name pattern (default *.jpg)")
-    run.add_argument("--master", default="local[*]", help="Spark master URL (default local[*])")
     run.add_argument(
         "--weights", default="imagenet", help="'imagenet' (Keras cache) or a .h5/.keras file"
     )
@@ -147,10 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--mode", choices=MODES, default="error", help="when the output exists (default: error)"
     )
-    run.add_argument("--s3-endpoint", help="S3 endpoint URL off EMR (or $AWS_ENDPOINT_URL)")
-    run.add_argument(
-        "--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE", help="Spark conf"
-    )
+    _spark_options(run)
 
     train = sub.add_parser(
         "train", help="fit scaler + PCA + logistic regression on `p8 run` features; evaluate"
@@ -166,11 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="pca",
         help="PCA components (default) or all 1280 scaled features",
     )
-    group = train.add_mutually_exclusive_group()
-    group.add_argument("--k", type=_positive_int, help="number of PCA components")
-    group.add_argument(
-        "--variance", type=_fraction, default=0.99, help="smallest k reaching it (default 0.99)"
-    )
+    _pca_options(train)
     train.add_argument(
         "--reg-param", type=_fraction, help="L2 strength (default: chosen on held-out images)"
     )
@@ -178,11 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--mode", choices=("error", "overwrite"), default="error", help="when the model exists"
     )
-    train.add_argument("--master", default="local[*]", help="Spark master URL (default local[*])")
-    train.add_argument("--s3-endpoint", help="S3 endpoint URL off EMR (or $AWS_ENDPOINT_URL)")
-    train.add_argument(
-        "--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE", help="Spark conf"
-    )
+    _spark_options(train)
 
     predict = sub.add_parser("predict", help="the top classes of photos, without Spark")
     predict.add_argument("photos", nargs="+", metavar="PHOTO", help="image files (jpg, png, ...)")

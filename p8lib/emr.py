@@ -102,6 +102,11 @@ def _explain(exc: Exception, service: str, operation: str) -> str:
     return f"{service} {operation}: {type(exc).__name__}: {exc}"
 
 
+def _check_bucket_name(bucket: str) -> None:
+    if not bucket or "/" in bucket or bucket.startswith("s3:"):
+        raise UsageError(f"--bucket takes a bucket name (no s3://, no /), got {bucket!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ClusterSpec:
     """The knobs of ``p8 emr up``; None keeps what cluster.json says."""
@@ -122,8 +127,7 @@ class ClusterSpec:
     weights: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.bucket or "/" in self.bucket or self.bucket.startswith("s3:"):
-            raise UsageError(f"--bucket takes a bucket name (no s3://, no /), got {self.bucket!r}")
+        _check_bucket_name(self.bucket)
         for name in ("core_count", "idle_timeout_minutes"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -271,8 +275,7 @@ def build_wheel(dest: Path) -> Path:
 def package(bucket: str, aws: Aws, *, wheel: Path | None = None) -> list[str]:
     """Make the bucket private and encrypted, then upload the wheel, bootstrap.sh, the entry
     script and the notebooks. Returns the s3:// URIs written."""
-    if not bucket or "/" in bucket:
-        raise UsageError(f"--bucket takes a bucket name, got {bucket!r}")
+    _check_bucket_name(bucket)
     with tempfile.TemporaryDirectory() as tmp:
         if wheel is None and not aws.dry_run:
             wheel = build_wheel(Path(tmp))
