@@ -37,7 +37,7 @@ class Reduction:
 
         The same arithmetic as the pipeline model's ``transform`` (scale, then project), done as
         one matrix product per Arrow batch in numpy instead of a matrix-vector product per row in
-        the JVM: the write stage of a 23k-image run drops from ~15 s to a few. Row order is kept.
+        the JVM. Row order is kept.
         """
         from pyspark.ml.feature import PCAModel, StandardScalerModel
         from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
