@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="pca",
         help="PCA components (default) or all 1280 scaled features",
     )
+    train.add_argument(
+        "--color",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also give the regression each image's colour histogram (default: yes)",
+    )
     _pca_options(train)
     train.add_argument(
         "--reg-param", type=_fraction, help="L2 strength (default: chosen on held-out images)"
@@ -281,6 +287,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model=args.model,
         test=args.test,
         input=args.input,
+        color=args.color,
         k=args.k,
         variance=args.variance,
         reg_param=args.reg_param,

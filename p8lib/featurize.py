@@ -1,4 +1,7 @@
-"""MobileNetV2 (ImageNet, top removed) features: weights, preprocessing, the pandas UDF.
+"""MobileNetV2 (ImageNet, top removed) features and a colour histogram, in one pandas UDF.
+
+Each image is decoded once; the network sees it at ``image_size``, and the same pixels give
+:func:`color_histogram`, which the classifier uses next to the network's features.
 
 TensorFlow is imported only where a model is built (in Spark's Python workers, or in the
 driver for a direct ``predict``), never at import time.
@@ -33,7 +36,11 @@ WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobi
 FEATURE_DIM = 1280
 # Decompression-bomb guard: larger images are refused with an error row (~ a 70-megapixel photo).
 MAX_PIXELS = 70_000_000
-RESULT_SCHEMA = "features array<float>, error string"
+# Colour histogram: HSV with 16 hue × 8 saturation × 8 value bins, square-rooted fractions.
+COLOR_BINS = (16, 8, 8)
+COLOR_DIM = COLOR_BINS[0] * COLOR_BINS[1] * COLOR_BINS[2]
+COLOR_DESCRIPTOR = "hsv-16x8x8-sqrt"
+RESULT_SCHEMA = "features array<float>, color array<float>, error string"
 
 # One model per (weights digest, image size) per Python process: Spark reuses its Python
 # workers across tasks, so the network is built once per worker, not once per partition.
@@ -129,6 +136,31 @@ def _to_rgb(img: Any) -> Any:
     return img.convert("RGB")
 
 
+def color_histogram(image: np.ndarray) -> np.ndarray:
+    """The image's colour distribution: a unit-length vector of :data:`COLOR_DIM` values.
+
+    Every other pixel of a ``size``×``size``×3 uint8 RGB array (the network's input: the
+    histogram barely changes, the cost falls 4-fold) is counted in an HSV grid of
+    :data:`COLOR_BINS`; the fractions are square-rooted (Hellinger), so that the vector has
+    length 1 and large bins don't drown the small ones.
+
+    Examples
+    --------
+    >>> red = np.zeros((4, 4, 3), np.uint8); red[..., 0] = 255
+    >>> h = color_histogram(red); int(np.argmax(h)), float(h.max()), float((h**2).sum())
+    (63, 1.0, 1.0)
+    """
+    from PIL import Image
+
+    hue, sat, val = COLOR_BINS
+    hsv = np.asarray(Image.fromarray(np.ascontiguousarray(image[::2, ::2])).convert("HSV"))
+    hsv = hsv.reshape(-1, 3).astype(np.int64)
+    cell = (hsv[:, 0] * hue >> 8) * (sat * val) + (hsv[:, 1] * sat >> 8) * val
+    cell += hsv[:, 2] * val >> 8
+    counts = np.bincount(cell, minlength=COLOR_DIM).astype(np.float64)
+    return np.sqrt(counts / max(counts.sum(), 1.0)).astype(np.float32)
+
+
 def build_model(weights_path: str | Path, image_size: int = 224, threads: int | None = None) -> Any:
     """MobileNetV2 without its classifier: the 1280-d global-average-pooled output.
 
@@ -183,7 +215,7 @@ def cached_model(digest: str, image_size: int, load: Callable[[], bytes], suffix
 def featurize_batch(
     model: Any, contents: pd.Series, *, image_size: int, batch_size: int
 ) -> pd.DataFrame:
-    """Features and error messages for one Arrow batch of image bytes."""
+    """Features, colour histograms and error messages for one Arrow batch of image bytes."""
     images: list[np.ndarray] = []
     good: list[int] = []
     errors: list[str | None] = [None] * len(contents)
@@ -194,11 +226,13 @@ def featurize_batch(
         except ValueError as exc:
             errors[i] = str(exc)[:200]
     features: list[np.ndarray | None] = [None] * len(contents)
+    colors: list[np.ndarray | None] = [None] * len(contents)
     if images:
         rows = predict(model, np.stack(images), batch_size=batch_size)
-        for i, row in zip(good, rows, strict=True):
+        for i, row, image in zip(good, rows, images, strict=True):
             features[i] = row
-    return pd.DataFrame({"features": features, "error": errors})
+            colors[i] = color_histogram(image)
+    return pd.DataFrame({"features": features, "color": colors, "error": errors})
 
 
 def featurize_column(
@@ -210,7 +244,7 @@ def featurize_column(
     batch_size: int = 32,
     counter: Accumulator[int] | None = None,
 ) -> Column:
-    """A column ``struct<features array<float>, error string>`` computed from image bytes.
+    """A column ``struct<features, color array<float>, error string>`` from image bytes.
 
     The weights are broadcast once; each Python worker builds the model on its first batch
     and keeps it for every later task. ``counter`` counts the images sent through the network.

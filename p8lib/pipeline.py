@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from p8lib import __version__, io, plots, s3
 from p8lib.config import RunConfig
 from p8lib.errors import UsageError
-from p8lib.featurize import featurize_column, resolve_weights
+from p8lib.featurize import COLOR_DESCRIPTOR, featurize_column, resolve_weights
 from p8lib.reduce import fit_reduce, max_k
 from p8lib.session import build_session, configure_s3, on_emr
 
@@ -31,7 +31,16 @@ if TYPE_CHECKING:
 PARQUET = "features.parquet"
 PLOT = "explained_variance.png"
 MANIFEST = "manifest.json"
-OUTPUT_COLUMNS = ["path", "label", "features", "pca_features", "error", "size", "modification_time"]
+OUTPUT_COLUMNS = [
+    "path",
+    "label",
+    "features",
+    "pca_features",
+    "color",
+    "error",
+    "size",
+    "modification_time",
+]
 VERSIONED = ["pyspark", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "pillow"]
 
 
@@ -155,11 +164,12 @@ def run(
     return execute(config, spark=spark, log=log, verbose=verbose)
 
 
-def featurized_with(manifest: dict[str, Any]) -> tuple[str | None, int | None]:
-    """The weights' sha256 and the image size a run's features came from (its manifest)."""
+def featurized_with(manifest: dict[str, Any]) -> tuple[str | None, int | None, str | None]:
+    """The weights' sha256, the image size and the colour histogram a run's rows came from."""
     return (
         manifest.get("inputs", {}).get("weights_sha256"),
         manifest.get("config", {}).get("image_size"),
+        manifest.get("inputs", {}).get("color"),
     )
 
 
@@ -171,15 +181,18 @@ def _previous_features(
     weights_sha256: str,
     log: Callable[[str], None],
 ) -> DataFrame | None:
-    """The rows of the last run that can be reused (same weights and image size), or None."""
+    """The rows of the last run that can be reused (same weights, size, histogram), or None."""
     if not io.exists(spark, f"{output_uri}/{MANIFEST}"):
         return None
     previous = json.loads(io.read_bytes(spark, f"{output_uri}/{MANIFEST}"))
-    if featurized_with(previous) != (weights_sha256, config.image_size):
-        log("the previous results used other weights or image size: featurizing everything")
+    if featurized_with(previous) != (weights_sha256, config.image_size, COLOR_DESCRIPTOR):
+        log(
+            "the previous results used other weights, image size or colour histogram: "
+            "featurizing everything"
+        )
         return None
     return spark.read.parquet(f"{output_uri}/{PARQUET}").select(
-        "path", "size", "modification_time", "features", "error"
+        "path", "size", "modification_time", "features", "color", "error"
     )
 
 
@@ -192,7 +205,7 @@ def _featurize(
     suffix: str,
     counter: Accumulator[int],
 ) -> DataFrame:
-    """path, label, size, modification_time, features, error — reusing unchanged rows."""
+    """path, label, size, modification_time, features, color, error — reusing unchanged rows."""
     from pyspark.sql import functions as F
 
     keys = ["path", "size", "modification_time"]
@@ -212,7 +225,7 @@ def _featurize(
         counter=counter,
     )
     fresh = todo.select("path", "label", "size", "modification_time", result.alias("_r")).select(
-        "path", "label", "size", "modification_time", "_r.features", "_r.error"
+        "path", "label", "size", "modification_time", "_r.features", "_r.color", "_r.error"
     )
     return fresh if reused is None else fresh.unionByName(reused)
 
@@ -337,6 +350,7 @@ def execute(
                     "glob": config.glob,
                     "weights": str(weights_path),
                     "weights_sha256": weights_sha256,
+                    "color": COLOR_DESCRIPTOR,
                 },
                 "outputs": {
                     "parquet": PARQUET,

@@ -2,7 +2,8 @@
 
 The saved PipelineModel's parameters (scaler mean/std, PCA components, logistic-regression
 coefficients and intercepts, label names) are read from its parquet and JSON files with
-pyarrow and applied in numpy to MobileNetV2 features computed in this process: start-up is
+pyarrow and applied in numpy to MobileNetV2 features and colour histograms computed in this
+process: start-up is
 TensorFlow's, not a JVM's, and one photo takes milliseconds.
 """
 
@@ -24,12 +25,13 @@ from p8lib.errors import P8Error, UsageError
 from p8lib.reduce import inverse_std
 
 SPARK_MODEL = "spark_model"
+COLOR_INPUT = "_color"  # the saved model's input column for the colour histogram
 MODEL_INFO = "model.json"
 
 
 @dataclass(frozen=True)
 class Classifier:
-    """Standardize → (project on PCA components) → softmax(W x + b), in numpy."""
+    """Standardize → (project on PCA components) → (append the histogram) → softmax(W x + b)."""
 
     labels: list[str]
     mean: np.ndarray
@@ -39,21 +41,36 @@ class Classifier:
     intercepts: np.ndarray  # classes
     image_size: int = 224
     weights_sha256: str | None = None
+    # The colour histogram's scaler, when the regression also takes the histogram.
+    color_mean: np.ndarray | None = None
+    color_std: np.ndarray | None = None
 
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities (rows sum to 1) for a batch of 1280-d features."""
+    @property
+    def color(self) -> bool:
+        """Whether the model needs each image's colour histogram."""
+        return self.color_mean is not None
+
+    def probabilities(self, features: np.ndarray, color: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities (rows sum to 1) for a batch of 1280-d features (+ histograms)."""
         x = np.atleast_2d(np.asarray(features, dtype=np.float64))
         x = (x - self.mean) * inverse_std(self.std)
         if self.components is not None:
             x = x @ self.components
+        if self.color_mean is not None and self.color_std is not None:
+            if color is None:
+                raise ValueError("this model needs the colour histograms of the images")
+            c = np.atleast_2d(np.asarray(color, dtype=np.float64))
+            x = np.hstack([x, (c - self.color_mean) * inverse_std(self.color_std)])
         margins = x @ self.coefficients.T + self.intercepts
         margins -= margins.max(axis=1, keepdims=True)
         exp = np.exp(margins)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def top(self, features: np.ndarray, n: int = 3) -> list[list[tuple[str, float]]]:
+    def top(
+        self, features: np.ndarray, color: np.ndarray | None = None, n: int = 3
+    ) -> list[list[tuple[str, float]]]:
         """The ``n`` most likely labels with their probabilities, per row."""
-        probs = self.probabilities(features)
+        probs = self.probabilities(features, color)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :n]
         return [
             [(self.labels[j], float(row[j])) for j in idx]
@@ -120,7 +137,12 @@ def load_classifier(model: str | Path, *, s3_endpoint: str | None = None) -> Cla
         metadata, data = _stage(stage_dir)
         kind = metadata["class"].rsplit(".", 1)[-1]
         if kind == "StandardScalerModel" and data is not None:
-            parts["mean"], parts["std"] = _vector(data["mean"]), _vector(data["std"])
+            # The features' scaler reads the features vector, the other one the histogram.
+            which = "color_" if metadata["paramMap"]["inputCol"] == COLOR_INPUT else ""
+            parts[f"{which}mean"], parts[f"{which}std"] = (
+                _vector(data["mean"]),
+                _vector(data["std"]),
+            )
         elif kind == "PCAModel" and data is not None:
             parts["components"] = _matrix(data["pc"])
         elif kind == "LogisticRegressionModel" and data is not None:
@@ -128,6 +150,8 @@ def load_classifier(model: str | Path, *, s3_endpoint: str | None = None) -> Cla
             parts["intercepts"] = _vector(data["interceptVector"])
         elif kind == "IndexToString":
             parts["labels"] = list(metadata["paramMap"]["labels"])
+        elif kind == "VectorAssembler":
+            pass  # features, then histogram: the order probabilities() appends them in
         else:
             raise P8Error(f"unexpected stage {metadata['class']} in {spark_model}")
     missing = {"mean", "coefficients", "labels"} - set(parts)
@@ -142,6 +166,8 @@ def load_classifier(model: str | Path, *, s3_endpoint: str | None = None) -> Cla
         intercepts=parts["intercepts"],
         image_size=int(info.get("image_size") or 224),
         weights_sha256=info.get("weights_sha256"),
+        color_mean=parts.get("color_mean"),
+        color_std=parts.get("color_std"),
     )
 
 
@@ -200,7 +226,7 @@ def predict_photos(
     A photo that cannot be read gets an ``error`` and no classes; the others are unaffected.
     The weights must be those the training features were computed with.
     """
-    from p8lib.featurize import build_model, load_image, predict, resolve_weights
+    from p8lib.featurize import build_model, color_histogram, load_image, predict, resolve_weights
 
     if top < 1:
         raise UsageError(f"--top must be positive, got {top}")
@@ -229,7 +255,8 @@ def predict_photos(
     if images:
         net = build_model(weights_path, classifier.image_size, threads=os.cpu_count())
         features = predict(net, np.stack(images), batch_size=batch_size)
-        for i, best in zip(readable, classifier.top(features, top), strict=True):
+        colors = np.stack([color_histogram(image) for image in images])
+        for i, best in zip(readable, classifier.top(features, colors, top), strict=True):
             ranked[i] = best
     return [
         PhotoPrediction(str(photo), ranked.get(i, []), errors.get(i))

@@ -23,16 +23,25 @@ def sample_model(spark, sample_run, tmp_path_factory):  # type: ignore[no-untype
 
 
 def _spark_scores(spark, model_dir: str, parquet: str):  # type: ignore[no-untyped-def]
-    """The saved Spark PipelineModel applied to the run's features: path → (label, probs)."""
+    """The saved Spark PipelineModel applied to the run's rows: path → (label, probs)."""
     from pyspark.ml import PipelineModel
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.sql import functions as F
 
     model = PipelineModel.load(f"{model_dir}/spark_model")
     rows = spark.read.parquet(parquet).where(F.col("features").isNotNull())
-    scored = model.transform(rows.withColumn("_vec", array_to_vector(F.col("features"))))
+    scored = model.transform(
+        rows.withColumn("_vec", array_to_vector(F.col("features"))).withColumn(
+            "_color", array_to_vector(F.col("color"))
+        )
+    )
     out = scored.select(
-        "path", "label", "features", "predicted_label", vector_to_array("probability").alias("p")
+        "path",
+        "label",
+        "features",
+        "color",
+        "predicted_label",
+        vector_to_array("probability").alias("p"),
     ).collect()
     return {r["path"]: r for r in out}
 
@@ -42,6 +51,7 @@ def test_model_folder_is_complete(sample_model, sample_run) -> None:  # type: ig
     assert (folder / "spark_model" / "metadata").is_dir()
     info = json.loads((folder / "model.json").read_text())
     assert len(info["labels"]) == 17 and info["k"] == 10 and info["input"] == "pca"
+    assert info["color"] == "hsv-16x8x8-sqrt"
     assert info["train_rows"] == 34
     assert info["reg_param"] in (1e-4, 1e-3, 1e-2, 1e-1)
     assert set(info["reg_param_scores"]) == {"0.0001", "0.001", "0.01", "0.1"}
@@ -108,8 +118,14 @@ def test_numpy_classifier_agrees_with_spark(spark, sample_model, sample_run) -> 
     scored = _spark_scores(spark, sample_model.model, sample_run.parquet)
     classifier = load_classifier(sample_model.model.removeprefix("file://"))
     assert classifier.components is not None and classifier.components.shape == (1280, 10)
+    # The regression sees the 10 components, then the 1024 histogram bins.
+    assert classifier.color and classifier.coefficients.shape == (17, 10 + 1024)
     rows = list(scored.values())
-    probs = classifier.probabilities(np.stack([np.asarray(r["features"]) for r in rows]))
+    features = np.stack([np.asarray(r["features"]) for r in rows])
+    colors = np.stack([np.asarray(r["color"]) for r in rows])
+    with pytest.raises(ValueError, match="colour histograms"):
+        classifier.probabilities(features)
+    probs = classifier.probabilities(features, colors)
     spark_probs = np.stack([np.asarray(r["p"]) for r in rows])
     np.testing.assert_allclose(probs, spark_probs, atol=1e-9)
     assert [classifier.labels[i] for i in probs.argmax(axis=1)] == [
@@ -117,17 +133,33 @@ def test_numpy_classifier_agrees_with_spark(spark, sample_model, sample_run) -> 
     ]
 
 
-def test_full_features_model_agrees_with_spark(spark, sample_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_full_features_model_without_color_agrees_with_spark(spark, sample_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from p8lib.classify import train
+    from p8lib.errors import UsageError
     from p8lib.predict import load_classifier
 
+    # The results of an older p8 run: no colour histograms.
+    older = tmp_path / "older"
+    shutil.copytree(sample_run.output.removeprefix("file://"), older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["inputs"]["color"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UsageError, match="no hsv-16x8x8-sqrt colour histograms.*--no-color"):
+        train(features=str(older), model=str(tmp_path / "refused"), input="features")
+    assert not (tmp_path / "refused").exists()
+
     result = train(
-        features=sample_run.output, model=str(tmp_path / "m"), input="features", reg_param=0.01
+        features=str(older),
+        model=str(tmp_path / "m"),
+        input="features",
+        color=False,
+        reg_param=0.01,
     )
-    assert result.k is None and result.reg_param == 0.01
+    assert result.k is None and result.reg_param == 0.01 and result.info["color"] is None
     assert result.evaluation is not None and result.evaluation.on.startswith("held-out")
     classifier = load_classifier(tmp_path / "m")
     assert classifier.components is None and classifier.coefficients.shape == (17, 1280)
+    assert not classifier.color
     rows = list(_spark_scores(spark, str(tmp_path / "m"), sample_run.parquet).values())
     probs = classifier.probabilities(np.stack([np.asarray(r["features"]) for r in rows]))
     np.testing.assert_allclose(probs, np.stack([np.asarray(r["p"]) for r in rows]), atol=1e-9)
@@ -211,5 +243,5 @@ def test_classifier_on_held_out_fruits(spark, fruits_dir, tmp_path) -> None:  # 
     assert ev is not None and result.train_rows == 240
     n_test = sum(len(os.listdir(fruits_dir / "Test" / c)) for c in classes)
     assert ev.rows == n_test
-    # Chance is 1/6; MobileNetV2 features separate these fruits almost perfectly.
+    # Chance is 1/6; MobileNetV2 features and colour separate these fruits almost perfectly.
     assert ev.accuracy > 0.9 and ev.macro_f1 > 0.9

@@ -86,3 +86,25 @@ def test_decompression_bomb_is_refused() -> None:
     data = _encode(Image.new("1", (side, side)), "PNG")
     with pytest.raises(ValueError, match="too large"):
         load_image(data, 224)
+
+
+def test_color_histogram_counts_hsv_cells_of_every_other_pixel() -> None:
+    from p8lib.featurize import COLOR_DIM, color_histogram
+
+    # On the sampled grid (even rows and columns): 3/4 pure green, 1/4 pure blue; the odd
+    # rows and columns are red and are not counted.
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[..., 0] = 255
+    grid = np.zeros((4, 4, 3), np.uint8)
+    grid[..., 1] = 255
+    grid[:1] = (0, 0, 255)
+    image[::2, ::2] = grid
+    h = color_histogram(image)
+    assert h.shape == (COLOR_DIM,) and h.dtype == np.float32
+    # PIL's HSV: green hue 85 → bin 5, blue 170 → bin 10; saturation and value 255 → bin 7.
+    green, blue = 5 * 64 + 7 * 8 + 7, 10 * 64 + 7 * 8 + 7
+    assert h[green] == pytest.approx(np.sqrt(0.75)) and h[blue] == pytest.approx(np.sqrt(0.25))
+    assert np.count_nonzero(h) == 2
+    # A solid colour has the same histogram at any size.
+    solid = np.full((224, 224, 3), (200, 120, 40), np.uint8)
+    np.testing.assert_array_equal(color_histogram(solid), color_histogram(solid[:10, :10]))

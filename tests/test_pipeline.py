@@ -33,6 +33,7 @@ def test_sample_gives_one_row_per_image_with_labels_from_folders(sample_run, sam
     assert sample_table["error"].isna().all()
     assert {len(f) for f in sample_table["features"]} == {1280}
     assert {len(p) for p in sample_table["pca_features"]} == {sample_run.k}
+    assert {len(c) for c in sample_table["color"]} == {1024}
 
 
 def test_parquet_schema_keeps_the_reference_columns(spark, sample_run):  # type: ignore[no-untyped-def]
@@ -41,6 +42,7 @@ def test_parquet_schema_keeps_the_reference_columns(spark, sample_run):  # type:
     assert types["path"] == "string" and types["label"] == "string"
     assert types["features"] == "array<float>"
     assert types["pca_features"] == "array<double>"
+    assert types["color"] == "array<float>"
 
 
 def test_spark_features_equal_a_direct_keras_predict(sample_table, weights_path):  # type: ignore[no-untyped-def]
@@ -70,6 +72,26 @@ def test_spark_features_equal_a_direct_keras_predict(sample_table, weights_path)
     assert np.abs(direct - spark_features).max() < 1e-4
     # Not a trivial match: the features differ from image to image.
     assert np.abs(spark_features - spark_features.mean(axis=0)).max() > 0.1
+
+
+def test_spark_color_histograms_equal_a_histogramdd_reference(sample_table):  # type: ignore[no-untyped-def]
+    """HSV 16×8×8 of every other pixel of the 224×224 input, square-rooted fractions."""
+    from PIL import Image
+
+    table = sample_table.sort_values("path")
+    expected = []
+    for p in table["path"]:
+        rgb = Image.open(p.removeprefix("file:")).convert("RGB").resize((224, 224), Image.BILINEAR)
+        hsv = np.asarray(Image.fromarray(np.asarray(rgb)[::2, ::2]).convert("HSV"))
+        counts, _ = np.histogramdd(hsv.reshape(-1, 3), bins=(16, 8, 8), range=[(0, 256)] * 3)
+        expected.append(np.sqrt(counts.ravel() / counts.sum()))
+    spark_color = _matrix(table, "color")
+    assert spark_color.shape == (34, 1024)
+    np.testing.assert_allclose(spark_color, np.stack(expected), atol=1e-6)
+    # Unit length (Hellinger), and 17 fruits with 17 different colour distributions.
+    np.testing.assert_allclose((spark_color**2).sum(axis=1), 1.0, atol=1e-5)
+    by_label = table.assign(c=list(spark_color)).groupby("label")["c"].first()
+    assert len({tuple(np.round(c, 3)) for c in by_label}) == 17
 
 
 def test_pca_equals_a_numpy_and_sklearn_reference(sample_run, sample_table):  # type: ignore[no-untyped-def]

@@ -78,9 +78,11 @@ def test_a_mixed_folder_gives_exactly_one_row_per_file(spark, mixed_dir, sample_
         if error is None:
             assert row["error"] is None, f"{name}: {row['error']}"
             assert len(row["features"]) == 1280 and len(row["pca_features"]) == 5
+            assert len(row["color"]) == 1024
         else:
             assert error in row["error"], f"{name}: {row['error']}"
             assert row["features"] is None and row["pca_features"] is None
+            assert row["color"] is None
 
     bad = sum(1 for _, e in expected.values() if e)
     counts = result.manifest["counts"]
@@ -137,6 +139,16 @@ def test_incremental_reuses_unchanged_images(spark, sample_dir, tmp_path):  # ty
     kept = table[table["path"].str.endswith(files[3].name)]
     old = after[after["path"].str.endswith(files[3].name)]
     np.testing.assert_array_equal(np.stack(kept["features"]), np.stack(old["features"]))
+    np.testing.assert_array_equal(np.stack(kept["color"]), np.stack(old["color"]))
+
+    # Results of an older p8 (no colour histogram in its manifest) are not reused.
+    manifest = Path(out) / "manifest.json"
+    older = json.loads(manifest.read_text())
+    del older["inputs"]["color"]
+    manifest.write_text(json.dumps(older))
+    fourth = run(images=str(images), output=out, mode="incremental", k=4)
+    assert fourth.manifest["counts"]["featurized"] == 34
+    assert fourth.manifest["inputs"]["color"] == "hsv-16x8x8-sqrt"
 
 
 def test_missing_java_is_one_clear_line(sample_dir, tmp_path):  # type: ignore[no-untyped-def]
