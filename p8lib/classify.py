@@ -303,15 +303,15 @@ def train(
 ) -> TrainResult:
     """Fit scaler (+ PCA) + multinomial logistic regression on the features under ``features``.
 
-    ``features`` and ``test`` are outputs of ``p8 run`` (their ``features`` column is used; the
-    scaler and PCA are refitted on the training rows, exactly as ``p8 run`` fits them).
-    ``input``: ``"pca"`` (k components: ``k``, or the smallest reaching ``variance``) or
-    ``"features"`` (all 1280, scaled); ``color``: the colour histogram of each image, scaled
-    too, is given to the regression next to them. ``reg_param``: L2
-    strength; by default the best of :data:`REG_GRID` on a held-out fifth of the training rows.
-    Without ``test`` the evaluation is on that held-out fifth. The model directory ``model``
-    gets the PipelineModel, its description, the evaluation and the confusion heatmap; it is
-    written whole or not at all.
+    ``features`` and ``test`` are outputs of ``p8 run`` (their ``features`` and ``color``
+    columns are used; the scaler and PCA are refitted on the training rows, exactly as ``p8 run``
+    fits them). ``input``: ``"pca"`` (k components: ``k``, or the smallest reaching
+    ``variance``) or ``"features"`` (all 1280, scaled). ``color``: each image's colour
+    histogram, scaled too, goes to the regression next to them. ``reg_param``: L2 strength; by
+    default the best of :data:`REG_GRID` on a held-out fifth of the training rows. Without
+    ``test`` the evaluation is on that held-out fifth. The model directory ``model`` gets the
+    PipelineModel, its description, the evaluation and the confusion heatmap; it is written
+    whole or not at all.
     """
     from pyspark import StorageLevel
     from pyspark.ml import PipelineModel

@@ -1,10 +1,9 @@
 """Name the fruit in new photos with a model from ``p8 train``, without Spark.
 
-The saved PipelineModel's parameters (scaler mean/std, PCA components, logistic-regression
+The saved PipelineModel's parameters (scalers' mean/std, PCA components, logistic-regression
 coefficients and intercepts, label names) are read from its parquet and JSON files with
 pyarrow and applied in numpy to MobileNetV2 features and colour histograms computed in this
-process: start-up is
-TensorFlow's, not a JVM's, and one photo takes milliseconds.
+process: start-up is TensorFlow's, not a JVM's, and one photo takes milliseconds.
 """
 
 from __future__ import annotations
