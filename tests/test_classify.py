@@ -55,6 +55,12 @@ def test_model_folder_is_complete(sample_model, sample_run) -> None:  # type: ig
     assert info["train_rows"] == 34
     assert info["reg_param"] in (1e-4, 1e-3, 1e-2, 1e-1)
     assert set(info["reg_param_scores"]) == {"0.0001", "0.001", "0.01", "0.1"}
+    accuracy, log_loss = info["reg_param_scores"], info["reg_param_log_loss"]
+    assert set(log_loss) == set(accuracy) and all(v > 0 for v in log_loss.values())
+    # The most accurate on the held-out rows; among those, the lowest log-loss.
+    top = max(accuracy.values())
+    chosen = min((r for r in accuracy if accuracy[r] == top), key=lambda r: log_loss[r])
+    assert info["reg_param"] == float(chosen)
     assert info["weights_sha256"] == sample_run.manifest["inputs"]["weights_sha256"]
     assert info["image_size"] == 224
     evaluation = json.loads((folder / "evaluation.json").read_text())
