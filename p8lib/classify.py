@@ -183,7 +183,7 @@ def _read_features(
         )
     manifest = json.loads(io.read_bytes(spark, f"{uri}/{MANIFEST}"))
     df = spark.read.parquet(f"{uri}/{PARQUET}")
-    if color and ("color" not in df.columns or featurized_with(manifest)[2] != COLOR_DESCRIPTOR):
+    if color and ("color" not in df.columns or featurized_with(manifest).color != COLOR_DESCRIPTOR):
         raise UsageError(
             f"{what} {uri} has no {COLOR_DESCRIPTOR} colour histograms (an older p8 run): "
             "run `p8 run` again with --mode overwrite, or train with --no-color"
@@ -377,7 +377,8 @@ def train(
     test_rows = None
     if test_uri:
         test_rows, test_manifest = _read_features(spark, test_uri, what="--test", color=color)
-        if featurized_with(test_manifest)[:2] != featurized_with(manifest)[:2]:
+        ours, theirs = featurized_with(manifest), featurized_with(test_manifest)
+        if (theirs.weights_sha256, theirs.image_size) != (ours.weights_sha256, ours.image_size):
             raise UsageError(
                 "--test was featurized with other weights or image size than --features: "
                 "run both with the same --weights and --image-size"
@@ -466,7 +467,7 @@ def train(
                 spark, f"{staged}/{EVALUATION}", json.dumps(evaluation.as_dict(), indent=2).encode()
             )
             seconds["total"] = round(time.perf_counter() - t0, 3)
-            weights_sha256, image_size, _ = featurized_with(manifest)
+            made_with = featurized_with(manifest)
             info = {
                 "created_at": started.isoformat(),
                 "p8lib": __version__,
@@ -483,8 +484,8 @@ def train(
                 "iterations": logistic.summary.totalIterations if logistic.hasSummary else None,
                 "train_rows": n_rows,
                 "labels": labels,
-                "image_size": image_size,
-                "weights_sha256": weights_sha256,
+                "image_size": made_with.image_size,
+                "weights_sha256": made_with.weights_sha256,
                 "evaluation": {
                     key: value
                     for key, value in evaluation.as_dict().items()

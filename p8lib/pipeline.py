@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from p8lib import __version__, io, plots, s3
 from p8lib.config import RunConfig
@@ -164,12 +164,20 @@ def run(
     return execute(config, spark=spark, log=log, verbose=verbose)
 
 
-def featurized_with(manifest: dict[str, Any]) -> tuple[str | None, int | None, str | None]:
+class Featurization(NamedTuple):
+    """What a run's rows were computed with (None: not recorded, an older run)."""
+
+    weights_sha256: str | None
+    image_size: int | None
+    color: str | None  # the colour histogram's COLOR_DESCRIPTOR
+
+
+def featurized_with(manifest: dict[str, Any]) -> Featurization:
     """The weights' sha256, the image size and the colour histogram a run's rows came from."""
-    return (
-        manifest.get("inputs", {}).get("weights_sha256"),
-        manifest.get("config", {}).get("image_size"),
-        manifest.get("inputs", {}).get("color"),
+    return Featurization(
+        weights_sha256=manifest.get("inputs", {}).get("weights_sha256"),
+        image_size=manifest.get("config", {}).get("image_size"),
+        color=manifest.get("inputs", {}).get("color"),
     )
 
 
@@ -185,7 +193,9 @@ def _previous_features(
     if not io.exists(spark, f"{output_uri}/{MANIFEST}"):
         return None
     previous = json.loads(io.read_bytes(spark, f"{output_uri}/{MANIFEST}"))
-    if featurized_with(previous) != (weights_sha256, config.image_size, COLOR_DESCRIPTOR):
+    if featurized_with(previous) != Featurization(
+        weights_sha256, config.image_size, COLOR_DESCRIPTOR
+    ):
         log(
             "the previous results used other weights, image size or colour histogram: "
             "featurizing everything"
