@@ -38,7 +38,6 @@ CONFUSION = "confusion.png"
 # regParam candidates, chosen by accuracy (then log-loss) on a fifth of the training images.
 REG_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
 VECTOR_COL = "_vec"
-COLOR_COL = COLOR_INPUT
 COLOR_SCALED = "_color_scaled"
 INPUT_COL = "_input"
 
@@ -199,7 +198,7 @@ def _as_vectors(rows: DataFrame) -> DataFrame:
 
     rows = rows.withColumn(VECTOR_COL, array_to_vector(F.col("features")))
     if "color" in rows.columns:
-        rows = rows.withColumn(COLOR_COL, array_to_vector(F.col("color")))
+        rows = rows.withColumn(COLOR_INPUT, array_to_vector(F.col("color")))
     return rows
 
 
@@ -408,7 +407,7 @@ def train(
                 # Centred, the mostly-zero histogram becomes dense, and so do the regression's
                 # blocks: on sparse blocks each L-BFGS iteration took 5 times longer.
                 color_scaler = StandardScaler(
-                    inputCol=COLOR_COL, outputCol=COLOR_SCALED, withMean=True, withStd=True
+                    inputCol=COLOR_INPUT, outputCol=COLOR_SCALED, withMean=True, withStd=True
                 ).fit(vectors)
                 assembler = VectorAssembler(
                     inputCols=[features_col, COLOR_SCALED], outputCol=INPUT_COL
