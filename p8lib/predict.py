@@ -254,7 +254,7 @@ def predict_photos(
     if images:
         net = build_model(weights_path, classifier.image_size, threads=os.cpu_count())
         features = predict(net, np.stack(images), batch_size=batch_size)
-        colors = np.stack([color_histogram(image) for image in images])
+        colors = np.stack([color_histogram(im) for im in images]) if classifier.color else None
         for i, best in zip(readable, classifier.top(features, colors, top), strict=True):
             ranked[i] = best
     return [
