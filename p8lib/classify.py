@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from p8lib import __version__, io, plots, s3
+from p8lib import __version__, io, outputs, plots, s3
+from p8lib.config import check_master
 from p8lib.errors import UsageError
 from p8lib.featurize import COLOR_DESCRIPTOR
 from p8lib.pipeline import MANIFEST, PARQUET, _versions, featurized_with
@@ -216,11 +217,13 @@ def _logistic(reg_param: float, max_iter: int, features_col: str) -> Any:
     )
 
 
-def _held_out() -> Any:
-    """True for the fifth of the rows held out of fitting (by path: the same fifth every time)."""
+def _held_out(salt: str | None = None) -> Any:
+    """True for a fifth of the rows (by path: the same fifth every time). ``salt`` picks another
+    fifth: the evaluation's, independent of the one that chooses regParam."""
     from pyspark.sql import functions as F
 
-    return F.pmod(F.xxhash64("path"), F.lit(5)) == 0
+    key = F.xxhash64("path") if salt is None else F.xxhash64(F.lit(salt), "path")
+    return F.pmod(key, F.lit(5)) == 0
 
 
 def _choose_reg_param(
@@ -330,7 +333,8 @@ def train(
     ``variance``) or ``"features"`` (all 1280, scaled). ``color``: each image's colour
     histogram, scaled too, goes to the regression next to them. ``reg_param``: L2 strength; by
     default the best of :data:`REG_GRID` on a held-out fifth of the training rows. Without
-    ``test`` the evaluation is on that held-out fifth. The model directory ``model`` gets the
+    ``test``, a fifth of the images is set aside before anything is fitted (scaler, PCA,
+    regParam, regression) and the evaluation is on it alone. The model directory ``model`` gets the
     PipelineModel, its description, the evaluation and the confusion heatmap; it is written
     whole or not at all.
     """
@@ -351,6 +355,7 @@ def train(
         raise UsageError(f"--max-iter must be positive, got {max_iter}")
     if mode not in ("error", "overwrite"):
         raise UsageError(f"--mode must be error or overwrite, got {mode!r}")
+    check_master(master)
     t0 = time.perf_counter()
     started = datetime.now(UTC)
     run_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -358,6 +363,9 @@ def train(
     features_uri = io.normalize_uri(features, emr=emr)
     model_uri = io.normalize_uri(model, emr=emr)
     test_uri = io.normalize_uri(test, emr=emr) if test else None
+    inputs = {"--features": features_uri, **({"--test": test_uri} if test_uri else {})}
+    outputs.check_separate(model_uri, inputs, flag="--model")
+    outputs.check_writable(model_uri, flag="--model")
     uris = [u for u in (features_uri, model_uri, test_uri) if u]
     for uri in uris:
         if io.is_s3(uri):
@@ -369,11 +377,10 @@ def train(
         )
     elif uses_s3:
         configure_s3(spark, s3_endpoint)
-    if mode == "error" and io.exists(spark, model_uri) and not io.is_empty_dir(spark, model_uri):
-        raise UsageError(f"model already exists: {model} (pass --mode overwrite to replace it)")
-
+    outputs.check_replaceable(
+        spark, model_uri, marker=MODEL_INFO, mode=mode, flag="--model", kind="p8 model"
+    )
     rows, manifest = _read_features(spark, features_uri, what="--features", color=color)
-    test_rows = None
     if test_uri:
         test_rows, test_manifest = _read_features(spark, test_uri, what="--test", color=color)
         ours, theirs = featurized_with(manifest), featurized_with(test_manifest)
@@ -382,10 +389,17 @@ def train(
                 "--test was featurized with other weights or image size than --features: "
                 "run both with the same --weights and --image-size"
             )
+    else:
+        # Set aside before anything is fitted: the evaluation's rows are used for nothing else.
+        test_rows = rows.where(_held_out("evaluation"))
+        rows = rows.where(~_held_out("evaluation"))
     seconds: dict[str, float] = {}
     data = None
     try:
-        with io.staging(spark, model_uri, run_id=run_id, what="model") as staged:
+        with (
+            outputs.output_lock(spark, model_uri, run_id=run_id, command="p8 train", log=say),
+            io.staging(spark, model_uri, run_id=run_id, what="model") as staged,
+        ):
             start = time.perf_counter()
             indexer = StringIndexer(inputCol="label", outputCol="_label_index").fit(rows)
             labels = list(indexer.labels)
@@ -440,21 +454,9 @@ def train(
             seconds["fit"] = round(time.perf_counter() - start, 3)
 
             start = time.perf_counter()
-            if test_rows is not None:
-                say(f"evaluating on {test_uri}")
-                evaluation = evaluate(pipeline, test_rows, labels=labels, on=f"test {test_uri}")
-            else:
-                say("no --test: evaluating on the held-out fifth of the training images")
-                # The same pipeline, its regression refitted without the held-out rows.
-                logistic_rest = _logistic(reg_param, max_iter, features_col).fit(
-                    data.where(~_held_out())
-                )
-                evaluation = evaluate(
-                    PipelineModel(stages=[*reduce_stages, logistic_rest, to_label]),
-                    rows.where(_held_out()),
-                    labels=labels,
-                    on="held-out fifth of the training images",
-                )
+            on = f"test {test_uri}" if test_uri else "held-out fifth of --features, set aside"
+            say(f"evaluating on {on}")
+            evaluation = evaluate(pipeline, test_rows, labels=labels, on=on)
             seconds["evaluate"] = round(time.perf_counter() - start, 3)
 
             pipeline.write().save(f"{staged}/{SPARK_MODEL}")

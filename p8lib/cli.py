@@ -7,7 +7,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from p8lib import __version__
 from p8lib.config import MODES
@@ -16,8 +16,31 @@ from p8lib.errors import P8Error, UsageError
 PROG = "p8"
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows each option's default (unless it has none, or says it already)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, [], argparse.SUPPRESS) or not text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (exit code 2)."""
+    """argparse that reports a usage error as one line (exit code 2), shows defaults in help
+    and takes ``--verbose`` after the subcommand too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+        if kwargs.get("prog", "").count(" ") >= 1 and kwargs.get("add_help", True):
+            self.add_argument(
+                "--verbose",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="Spark warnings and full stack traces",
+            )
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{PROG}: error: {message} (see `{self.prog} --help`)\n")
@@ -149,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--images", required=True, help="folder or URI of the images (recursive)")
     run.add_argument("--output", required=True, help="folder or URI for the results")
     _pca_options(run)
-    run.add_argument("--glob", default="*.jpg", help="file name pattern (default *.jpg)")
+    run.add_argument(
+        "--glob",
+        help="only files whose name matches, any case, e.g. '*.png' (default: every image "
+        "file: .jpg .jpeg .png .webp .bmp .tif .tiff .gif, any case)",
+    )
     run.add_argument(
         "--weights", default="imagenet", help="'imagenet' (Keras cache) or a .h5/.keras file"
     )
@@ -408,6 +435,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `p8`; returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
     try:
         return COMMANDS[args.command](args)
     except P8Error as exc:

@@ -11,7 +11,32 @@ from p8lib.errors import UsageError
 Mode = Literal["error", "overwrite", "incremental"]
 MODES: tuple[str, ...] = ("error", "overwrite", "incremental")
 FEATURE_DIM = 1280
-URI_RE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]*|[^:]+)$")
+URI_RE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://.*|[^:]+)$")
+# local, local[4], local[*], local[4,2], local-cluster[2,1,1024], spark://h:7077[,h2:7077], yarn,
+# k8s://https://host:443, mesos://host:5050
+MASTER_RE = re.compile(
+    r"^(local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]"
+    r"|spark://[\w.-]+:\d+(,[\w.-]+:\d+)*|yarn|k8s://\S+|mesos://[\w.-]+:\d+)$"
+)
+
+
+def check_master(master: str) -> None:
+    """Refuse a Spark master URL Spark would not understand, before a JVM starts.
+
+    Examples
+    --------
+    >>> check_master("spark://127.0.0.1:7077")
+    >>> check_master("nonsense")
+    Traceback (most recent call last):
+    ...
+    p8lib.errors.UsageError: --master 'nonsense' is not a Spark master URL: use local[*], \
+local[N], spark://HOST:PORT or yarn
+    """
+    if not MASTER_RE.match(master):
+        raise UsageError(
+            f"--master {master!r} is not a Spark master URL: use local[*], local[N], "
+            "spark://HOST:PORT or yarn"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +57,7 @@ class RunConfig:
     output: str
     k: int | None = None
     variance: float = 0.99
-    glob: str = "*.jpg"
+    glob: str | None = None  # None: every image extension Pillow reads, any case
     master: str = "local[*]"
     weights: str = "imagenet"
     image_size: int = 224
@@ -60,8 +85,9 @@ class RunConfig:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
         if self.mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not self.glob.strip():
+        if self.glob is not None and not self.glob.strip():
             raise UsageError("--glob is empty: give a pattern such as '*.jpg'")
+        check_master(self.master)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest (no secrets live here)."""

@@ -65,6 +65,7 @@ def resolve_weights(weights: str = "imagenet", *, url: str | None = None) -> Pat
             raise UsageError(f"--weights must be 'imagenet' or a .h5/.keras file, got {weights!r}")
         if not path.is_file():
             raise UsageError(f"weights file not found: {path}")
+        check_weights(path)
         return path
     cached = keras_home() / "models" / WEIGHTS_FILE
     if cached.is_file():
@@ -85,6 +86,29 @@ def resolve_weights(weights: str = "imagenet", *, url: str | None = None) -> Pat
             "or pass --weights PATH"
         ) from None
     return cached
+
+
+def check_weights(path: Path) -> None:
+    """Refuse (exit 2) a file that holds no MobileNetV2 weights, before any worker loads it.
+
+    Opens the HDF5 file (in a ``.keras`` archive, its ``model.weights.h5``); in a ``.h5`` file
+    looks for MobileNetV2's first and last convolutions. Other shapes fail in the workers.
+    """
+    import zipfile
+
+    import h5py
+
+    try:
+        if path.suffix == ".keras":  # a zip archive; Keras 3 names its layers its own way
+            with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as inner:
+                h5py.File(io.BytesIO(inner.read()), "r").close()
+            return
+        with h5py.File(path, "r") as h5:
+            names = set(h5.keys())
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"--weights {path} is not a Keras weights file ({exc})") from None
+    if not {"Conv1", "Conv_1"} <= names:
+        raise UsageError(f"--weights {path} holds no MobileNetV2 weights (no Conv1/Conv_1 layers)")
 
 
 def load_image(content: bytes, size: int) -> np.ndarray:
@@ -113,6 +137,10 @@ def load_image(content: bytes, size: int) -> np.ndarray:
             raise ValueError(f"image too large: {exc}") from None
         except ValueError:
             raise
+        except Image.UnidentifiedImageError:
+            raise ValueError(
+                "not a readable image: not in a format Pillow reads (jpg, png, webp, bmp, tif, gif)"
+            ) from None
         except Exception as exc:  # Pillow raises many kinds for broken files
             raise ValueError(f"not a readable image: {type(exc).__name__}: {exc}") from None
     img = _to_rgb(img)
@@ -220,6 +248,9 @@ def featurize_batch(
     good: list[int] = []
     errors: list[str | None] = [None] * len(contents)
     for i, content in enumerate(contents):
+        if content is None:
+            errors[i] = "cannot read the file (moved or deleted since it was listed?)"
+            continue
         try:
             images.append(load_image(content, image_size))
             good.append(i)

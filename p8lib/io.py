@@ -9,20 +9,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
-from p8lib.errors import UsageError
+import pandas as pd  # resolved at runtime: pyspark reads the UDF's type hints
+
+from p8lib.errors import P8Error, UsageError
+from p8lib.listing import Listing, list_local, list_s3
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
 OTHER_SCHEMES = ("hdfs", "viewfs", "gs", "abfs", "abfss", "wasb", "wasbs")
-# The label is the name of the folder that holds the image.
-LABEL_RE = r"([^/]+)/[^/]+$"
+LISTING_SCHEMA = "path string, label string, size long, modification_time timestamp"
 
 
 def scheme(uri: str) -> str:
@@ -45,25 +46,40 @@ def normalize_uri(uri: str, *, emr: bool = False) -> str:
     's3a://bucket/data/Test'
     >>> normalize_uri("s3://bucket/data/Test", emr=True)
     's3://bucket/data/Test'
-    >>> normalize_uri("/tmp/x/")
-    'file:///tmp/x'
+    >>> normalize_uri("/tmp/my photos/")
+    'file:///tmp/my photos'
+    >>> normalize_uri("s3://bucket/a b/#1")
+    's3a://bucket/a b/#1'
     """
     s = scheme(uri)
     if s == "file":
         path = uri[len("file:") :] if uri.startswith("file:") else uri
         path = re.sub(r"^/+", "/", path) if path.startswith("//") else path
-        return Path(path).expanduser().resolve().as_uri()
+        # Not percent-encoded: Hadoop's Path takes the name as written ('%20' would stay literal).
+        return "file://" + str(Path(path).expanduser().resolve())
     if s in S3_SCHEMES:
-        parsed = urlparse(uri)
-        if not parsed.netloc:
+        bucket, _, key = uri.partition("://")[2].partition("/")
+        if not bucket:
             raise UsageError(f"S3 URI has no bucket: {uri!r} (expected s3://bucket/prefix)")
         target = "s3" if emr and s == "s3" else "s3a"
-        return f"{target}://{parsed.netloc}{parsed.path.rstrip('/')}"
+        key = key.rstrip("/")
+        return f"{target}://{bucket}/{key}" if key else f"{target}://{bucket}"
     if s in OTHER_SCHEMES:
         return uri.rstrip("/")
     raise UsageError(
         f"unsupported URI scheme {s!r} in {uri!r}: use a path, s3://, s3a:// or hdfs://"
     )
+
+
+def local_path(uri: str) -> Path:
+    """The local path of a ``file:`` URI as :func:`normalize_uri` makes them.
+
+    Examples
+    --------
+    >>> str(local_path("file:///tmp/my photos/a#1.jpg"))
+    '/tmp/my photos/a#1.jpg'
+    """
+    return Path(re.sub(r"^file:(//)?", "", uri))
 
 
 def _fs(spark: SparkSession, uri: str) -> tuple[Any, Any]:
@@ -86,21 +102,32 @@ def is_empty_dir(spark: SparkSession, uri: str) -> bool:
     return bool(fs.getFileStatus(path).isDirectory()) and len(fs.listStatus(path)) == 0
 
 
-def make_dirs(spark: SparkSession, uri: str, *, what: str = "folder") -> None:
-    """Create a folder (and its parents), or fail with a clear line if it can't be written."""
+def make_dirs(spark: SparkSession, uri: str, *, shown: str) -> None:
+    """Create a folder (and its parents), or fail (exit 1) naming ``shown`` and the reason."""
     fs, path = _fs(spark, uri)
     try:
         created = bool(fs.mkdirs(path))
     except Exception as exc:  # py4j wraps the Java IOException
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot write the {what} at {uri}: {_java_reason(reason)}") from None
+        raise P8Error(f"cannot write {shown}: {java_cause(exc)}") from None
     if not created:
-        raise UsageError(f"cannot write the {what} at {uri}")
+        raise P8Error(f"cannot write {shown}")
 
 
-def _java_reason(text: str) -> str:
-    # "An error occurred while calling o42.mkdirs.\n: java.io.IOException: msg" → "msg"
-    return text.rsplit("Exception:", 1)[-1].strip() or text
+def java_cause(exc: BaseException) -> str:
+    """The innermost cause of a Java exception that py4j wrapped, in one line.
+
+    Examples
+    --------
+    >>> text = "o42.mkdirs.\\n: java.io.IOException: x\\nCaused by: java.net.ConnectException: no"
+    >>> java_cause(RuntimeError(text))
+    'ConnectException: no'
+    """
+    lines = [line.strip() for line in str(exc).splitlines()]
+    causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by:")]
+    first = next((line.lstrip(": ") for line in lines if "Exception" in line), "")
+    cause = (causes[-1] if causes else first) or (lines[0] if lines else type(exc).__name__)
+    name, sep, message = cause.partition(": ")
+    return f"{name.rsplit('.', 1)[-1]}{sep}{message}"[:300]
 
 
 def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
@@ -133,6 +160,25 @@ def delete(spark: SparkSession, uri: str) -> None:
         fs.delete(path, True)
 
 
+def remove_empty_dir(spark: SparkSession, uri: str) -> bool:
+    """Delete ``uri`` if it is a folder with no file at any depth — what some S3 servers
+    (SeaweedFS) keep of a prefix whose objects were all moved — so a rename can go there."""
+    fs, path = _fs(spark, uri)
+    if fs.exists(path) and fs.getFileStatus(path).isDirectory():
+        if not fs.listFiles(path, True).hasNext():
+            _delete_folders(fs, path)
+            return True
+    return False
+
+
+def _delete_folders(fs: Any, path: Any) -> None:
+    # Deepest first: such servers keep each nested folder until it is deleted by name.
+    for status in fs.listStatus(path):
+        if status.isDirectory():
+            _delete_folders(fs, status.getPath())
+    fs.delete(path, True)
+
+
 def rename(spark: SparkSession, src: str, dst: str) -> None:
     """Move ``src`` to ``dst``: atomic on local disks and HDFS, copy-then-delete on S3."""
     fs, src_path = _fs(spark, src)
@@ -141,10 +187,60 @@ def rename(spark: SparkSession, src: str, dst: str) -> None:
         raise OSError(f"could not move {src} to {dst}")
 
 
-def sibling(uri: str, prefix: str) -> str:
-    """A hidden sibling of ``uri``: ``.../out`` → ``.../.out<prefix>``."""
+def parent(uri: str) -> str:
+    """The folder that holds ``uri`` (a bucket's root ends with ``/``, as Hadoop wants it).
+
+    Examples
+    --------
+    >>> parent("s3a://bucket/out"), parent("file:///tmp/a/out")
+    ('s3a://bucket/', 'file:///tmp/a')
+    """
+    head = uri.rstrip("/").rpartition("/")[0]
+    return f"{head}/" if re.fullmatch(r"[A-Za-z][\w+.-]*://[^/]*", head) else head
+
+
+def beside(uri: str, name: str) -> str:
+    """The path of ``name`` in the folder that holds ``uri``."""
+    return f"{uri.rstrip('/').rpartition('/')[0]}/{name}"
+
+
+def hidden_sibling(uri: str, suffix: str) -> str:
+    """A hidden file or folder beside ``uri``: ``.../out`` → ``.../.out<suffix>``.
+
+    Examples
+    --------
+    >>> hidden_sibling("s3a://b/data/Results", ".lock")
+    's3a://b/data/.Results.lock'
+    """
     head, _, name = uri.rstrip("/").rpartition("/")
-    return f"{head}/.{name}{prefix}"
+    return f"{head}/.{name}{suffix}"
+
+
+def hidden_siblings(spark: SparkSession, uri: str) -> list[str]:
+    """Names of the staging and set-aside folders of ``uri`` (``.NAME.tmp-*``, ``.NAME.old-*``)."""
+    fs, path = _fs(spark, parent(uri))
+    if not fs.exists(path):
+        return []
+    name = uri.rstrip("/").rpartition("/")[2]
+    names = [str(status.getPath().getName()) for status in fs.listStatus(path)]
+    return sorted(n for n in names if n.startswith((f".{name}.tmp-", f".{name}.old-")))
+
+
+def create_new(spark: SparkSession, uri: str, data: bytes) -> bool:
+    """Write a small file only if none is there; False when one already is."""
+    fs, path = _fs(spark, uri)
+    fs.setWriteChecksum(False)
+    try:
+        out = fs.create(path, False)
+    except Exception as exc:  # py4j wraps FileAlreadyExistsException
+        if "FileAlreadyExists" in str(exc) or fs.exists(path):
+            return False
+        raise
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+    return True
 
 
 def publish(spark: SparkSession, staged: str, final: str, *, run_id: str) -> None:
@@ -153,14 +249,16 @@ def publish(spark: SparkSession, staged: str, final: str, *, run_id: str) -> Non
     The previous results stay whole until the new ones are complete; they are moved aside,
     the new ones moved in, and only then is the old copy deleted.
     """
-    old = sibling(final, f".old-{run_id}")
+    old = hidden_sibling(final, f".old-{run_id}")
     had_old = exists(spark, final)
     if had_old:
         rename(spark, final, old)
     try:
+        remove_empty_dir(spark, final)
         rename(spark, staged, final)
     except Exception:
         if had_old:
+            remove_empty_dir(spark, final)
             rename(spark, old, final)
         raise
     if had_old:
@@ -171,73 +269,75 @@ def publish(spark: SparkSession, staged: str, final: str, *, run_id: str) -> Non
 def staging(spark: SparkSession, final: str, *, run_id: str, what: str) -> Iterator[str]:
     """A hidden sibling of ``final`` to write into: published whole when the block ends,
     deleted if it fails. Made on entry, so an unwritable ``final`` fails before any work."""
-    staged = sibling(final, f".tmp-{run_id}")
-    make_dirs(spark, staged, what=what)
+    staged = hidden_sibling(final, f".tmp-{run_id}")
+    make_dirs(spark, staged, shown=f"the {what} {final}")
     try:
         yield staged
         publish(spark, staged, final, run_id=run_id)
     except BaseException:
-        delete(spark, staged)
+        try:
+            delete(spark, staged)
+        except Exception:
+            pass  # the store itself failed: the next run into `final` removes it
         raise
 
 
-def hadoop_path(uri: str) -> str:
-    """A URI as Hadoop's ``Path.toString`` spells it (the form binaryFile's ``path`` column uses).
-
-    Examples
-    --------
-    >>> hadoop_path("file:///tmp/a%20b/x.jpg")
-    'file:/tmp/a b/x.jpg'
-    >>> hadoop_path("s3a://bucket/a%20b/x.jpg")
-    's3a://bucket/a b/x.jpg'
-    """
-    parsed = urlparse(uri)
-    path = unquote(parsed.path)
-    if parsed.netloc:
-        return f"{parsed.scheme}://{parsed.netloc}{path}"
-    return f"{parsed.scheme}:{path}"
+def list_images(uri: str, *, glob: str | None = None, s3_endpoint: str | None = None) -> Listing:
+    """The image files under a ``file:`` or S3 URI (see :mod:`p8lib.listing`)."""
+    if is_s3(uri):
+        return list_s3(uri, glob=glob, endpoint=s3_endpoint)
+    if scheme(uri) != "file":
+        raise UsageError(f"--images must be a folder or an s3:// prefix, not {uri}")
+    return list_local(local_path(uri), glob=glob)
 
 
-def read_images(spark: SparkSession, uri: str, *, glob: str = "*.jpg") -> DataFrame:
-    """Every file under ``uri`` matching ``glob``, recursively, with its label.
+def read_file(path: str, *, endpoint: str | None = None, s3_client: Any = None) -> bytes:
+    """The bytes of one listed file (``file:`` or S3), read where the caller runs."""
+    if is_s3(path):
+        from p8lib import s3
 
-    Columns: ``path, label, size, modification_time, content``. Zero-byte files, which Spark's
-    file scan skips, are kept with empty content so that every file gets a row.
-    """
-    from pyspark.sql import functions as F
+        return s3.read_object(path, endpoint=endpoint, s3=s3_client)
+    return local_path(path).read_bytes()
 
-    raw = (
-        spark.read.format("binaryFile")
-        .option("pathGlobFilter", glob)
-        .option("recursiveFileLookup", "true")
-        .load(uri)
-    )
-    listed = raw._jdf.inputFiles()  # every matching file, empty ones included
-    if len(listed) > raw.count():
-        present = {row["path"] for row in raw.select("path").collect()}
-        missing = [hadoop_path(str(f)) for f in listed if hadoop_path(str(f)) not in present]
-        rows = []
-        for path in missing:
-            fs, jpath = _fs(spark, path)
-            status = fs.getFileStatus(jpath)
-            modified = datetime.fromtimestamp(status.getModificationTime() / 1000)
-            rows.append((path, modified, int(status.getLen()), b""))
-        raw = raw.unionByName(spark.createDataFrame(rows, schema=raw.schema))
-    return raw.select(
-        "path",
-        F.regexp_extract("path", LABEL_RE, 1).alias("label"),
-        F.col("length").alias("size"),
-        F.col("modificationTime").alias("modification_time"),
-        "content",
-    )
+
+def read_images(spark: SparkSession, listing: Listing, *, partitions: int) -> DataFrame:
+    """The listed files as rows ``path, label, size, modification_time``, in ``partitions``
+    tasks of consecutive paths. Their bytes are read by the executors: :func:`file_content`."""
+    rows = [(f.path, f.label, f.size, f.modification_time) for f in listing.files]
+    slices = spark.sparkContext.parallelize(rows, max(1, min(partitions, len(rows))))
+    return spark.createDataFrame(slices, schema=LISTING_SCHEMA)
+
+
+def file_content(path: Column, *, s3_endpoint: str | None = None) -> Column:
+    """A binary column: the bytes of the file at ``path``, null when it can't be read."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("binary")  # type: ignore[call-overload]
+    def content(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        client = None
+        for paths in batches:
+            if client is None and any(is_s3(p) for p in paths):
+                from p8lib import s3
+
+                client = s3.client(s3_endpoint)  # one per task, not one per file
+            yield pd.Series([_read_or_none(p, s3_endpoint, client) for p in paths], dtype=object)
+
+    return content(path)
+
+
+def _read_or_none(path: str, endpoint: str | None, s3_client: Any) -> bytes | None:
+    try:
+        return read_file(path, endpoint=endpoint, s3_client=s3_client)
+    except Exception:  # moved or deleted since it was listed, unreadable: an error row
+        return None
 
 
 def preview_images(
-    spark: SparkSession, uri: str, *, n: int = 12, glob: str = "*.jpg"
+    uri: str, *, n: int = 12, glob: str | None = None, s3_endpoint: str | None = None
 ) -> list[tuple[bytes, str]]:
     """The first ``n`` images under ``uri`` (by path) as ``(bytes, label)``, for a grid."""
-    rows = read_images(spark, uri, glob=glob).orderBy("path").limit(n).collect()
-    return [(bytes(row["content"]), row["label"]) for row in rows]
+    files = list_images(uri, glob=glob, s3_endpoint=s3_endpoint).files[:n]
+    return [(read_file(f.path, endpoint=s3_endpoint), f.label) for f in files]
 
 
 def read_results(spark: SparkSession, output: str) -> Any:

@@ -7,12 +7,12 @@ never printed, logged or written anywhere by p8.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from p8lib.errors import P8Error, UsageError
 
@@ -33,10 +33,12 @@ class S3Location:
         >>> S3Location.parse("s3a://fruits/data/Test/")
         S3Location(bucket='fruits', prefix='data/Test')
         """
-        parsed = urlparse(uri)
-        if parsed.scheme not in ("s3", "s3a", "s3n") or not parsed.netloc:
+        scheme, sep, rest = uri.partition("://")
+        bucket, _, prefix = rest.partition("/")
+        if not sep or scheme.lower() not in ("s3", "s3a", "s3n") or not bucket:
             raise UsageError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
-        return cls(parsed.netloc, parsed.path.strip("/"))
+        # Keys are taken as written: '#', '?', '%' and spaces are part of the name.
+        return cls(bucket, prefix.strip("/"))
 
 
 def endpoint_url(endpoint: str | None = None) -> str | None:
@@ -96,18 +98,31 @@ def check_bucket(uri: str, *, endpoint: str | None = None) -> None:
         raise _explain(exc, location.bucket, endpoint) from None
 
 
-def list_sizes(uri: str, *, endpoint: str | None = None) -> dict[str, int]:
-    """Every object under the prefix of ``uri`` with its size, across all listing pages."""
-    location = S3Location.parse(uri)
+def list_objects(
+    location: S3Location, *, endpoint: str | None = None
+) -> Iterator[tuple[str, int, datetime]]:
+    """Key, size and modification time of every object under ``location``, all pages."""
     prefix = f"{location.prefix}/" if location.prefix else ""
-    sizes: dict[str, int] = {}
     try:
         pages = client(endpoint).get_paginator("list_objects_v2")
         for page in pages.paginate(Bucket=location.bucket, Prefix=prefix):
-            sizes.update({o["Key"]: int(o["Size"]) for o in page.get("Contents", [])})
+            for o in page.get("Contents", []):
+                yield o["Key"], int(o["Size"]), o["LastModified"]
     except Exception as exc:
         raise _explain(exc, location.bucket, endpoint) from None
-    return sizes
+
+
+def list_sizes(uri: str, *, endpoint: str | None = None) -> dict[str, int]:
+    """Every object under the prefix of ``uri`` with its size, across all listing pages."""
+    found = list_objects(S3Location.parse(uri), endpoint=endpoint)
+    return {key: size for key, size, _ in found}
+
+
+def read_object(uri: str, *, endpoint: str | None = None, s3: Any = None) -> bytes:
+    """The bytes of one object (``s3://bucket/key``); ``s3``: a client to reuse."""
+    location = S3Location.parse(uri)
+    answer = (s3 or client(endpoint)).get_object(Bucket=location.bucket, Key=location.prefix)
+    return bytes(answer["Body"].read())
 
 
 @dataclass(frozen=True)

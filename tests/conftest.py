@@ -75,6 +75,15 @@ def sample_run(spark: object, sample_dir: Path, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="session")
+def sample_model(spark, sample_run, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A classifier trained on the sample run's features (regParam chosen on held-out rows)."""
+    from p8lib.classify import train
+
+    out = tmp_path_factory.mktemp("models") / "sample"
+    return train(features=sample_run.output, model=str(out), test=sample_run.output, k=10)
+
+
+@pytest.fixture(scope="session")
 def sample_table(sample_run):  # type: ignore[no-untyped-def]
     """The sample run's parquet as pandas."""
     import pandas as pd

