@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from p8lib.errors import UsageError
+from p8lib.listing import glob_regex
 
 Mode = Literal["error", "overwrite", "incremental"]
 MODES: tuple[str, ...] = ("error", "overwrite", "incremental")
@@ -87,6 +88,8 @@ class RunConfig:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.glob is not None and not self.glob.strip():
             raise UsageError("--glob is empty: give a pattern such as '*.jpg'")
+        if self.glob is not None:
+            glob_regex(self.glob)  # an unclosed '{' is refused here, not at the first file
         check_master(self.master)
 
     def as_dict(self) -> dict[str, Any]:

@@ -212,8 +212,7 @@ def hidden_sibling(uri: str, suffix: str) -> str:
     >>> hidden_sibling("s3a://b/data/Results", ".lock")
     's3a://b/data/.Results.lock'
     """
-    head, _, name = uri.rstrip("/").rpartition("/")
-    return f"{head}/.{name}{suffix}"
+    return beside(uri, f".{uri.rstrip('/').rpartition('/')[2]}{suffix}")
 
 
 def hidden_siblings(spark: SparkSession, uri: str) -> list[str]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from p8lib import io
 from p8lib.errors import P8Error, UsageError
+from p8lib.s3 import S3Location
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -45,8 +46,8 @@ def _parts(uri: str) -> tuple[str, tuple[str, ...]]:
         real = os.path.realpath(io.local_path(uri))
         return "file", PurePosixPath(real).parts
     if io.is_s3(uri):
-        bucket, _, key = uri.partition("://")[2].partition("/")
-        return f"s3:{bucket}", tuple(p for p in key.split("/") if p)
+        location = S3Location.parse(uri)
+        return f"s3:{location.bucket}", tuple(p for p in location.prefix.split("/") if p)
     scheme, _, rest = uri.partition("://")
     return scheme, tuple(p for p in rest.split("/") if p)
 
@@ -170,8 +171,13 @@ def output_lock(
 ) -> Iterator[None]:
     """Hold the lock of ``output`` for the block: exit 1 if another live p8 command holds it."""
     uri = _lock_uri(output)
-    me = {"run_id": run_id, "command": command, "host": socket.gethostname(), "pid": os.getpid()}
-    me["started_at"] = datetime.now(UTC).isoformat()
+    me = {
+        "run_id": run_id,
+        "command": command,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started_at": datetime.now(UTC).isoformat(),
+    }
     for _ in range(5):
         holder = _read_lock(spark, uri)
         if holder and holder.get("run_id") != run_id:

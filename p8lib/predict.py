@@ -182,7 +182,7 @@ def _local_model(model: str, *, s3_endpoint: str | None) -> Path:
         return target
     if io.scheme(uri) != "file":
         raise UsageError(f"p8 predict reads models from a folder or s3://, not {model}")
-    path = Path(uri[len("file://") :])
+    path = io.local_path(uri)
     if not path.is_dir():
         raise UsageError(f"model not found: {model}")
     return path

@@ -29,6 +29,7 @@ def _assert_usage_error(result, fragment: str) -> None:  # type: ignore[no-untyp
         (["run", "--images", "x", "--output", "y", "--variance", "1.5"], "--variance"),
         (["run", "--images", "x", "--output", "y", "--k", "3", "--variance", "0.9"], "not allowed"),
         (["run", "--images", "x", "--output", "y", "--mode", "append"], "--mode"),
+        (["run", "--images", "x", "--output", "y", "--glob", "*.{jpg"], "unclosed '{'"),
         (["frobnicate"], "invalid choice"),
     ],
 )
