@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -432,23 +433,40 @@ COMMANDS = {
 }
 
 
+def _interrupted() -> int:
+    """After Ctrl-C: wait for the cancelled tasks, stop Spark (a JVM killed with tasks still
+    running prints their traces), then say so in one line."""
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        tracker, deadline = session.sparkContext.statusTracker(), time.monotonic() + 15
+        while tracker.getActiveStageIds() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        session.stop()
+    print(f"{PROG}: interrupted, nothing was published", file=sys.stderr)
+    return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `p8`; returns the exit code."""
+    from p8lib.session import INTERRUPTED, cli_interrupts
+
     args = build_parser().parse_args(argv)
     args.verbose = getattr(args, "verbose", False)
+    cli_interrupts()
     try:
         return COMMANDS[args.command](args)
-    except P8Error as exc:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as exc:
         if args.verbose:
             traceback.print_exc()
+        if INTERRUPTED.is_set():  # the cancelled Spark job's error: not the user's problem
+            return _interrupted()
+        if isinstance(exc, P8Error):
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return exc.exit_code
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(
             f"{PROG}: error: {type(exc).__name__}: {message} (--verbose for details)",

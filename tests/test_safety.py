@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -463,3 +464,27 @@ def test_s3_server_killed_while_writing(sample_dir, tmp_path) -> None:  # type: 
     finally:
         if server.process.poll() is None:
             server.stop()
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_run_and_leaves_nothing(fruits_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    images = tmp_path / "images"
+    for folder in sorted((fruits_dir / "Test").iterdir())[:4]:
+        shutil.copytree(folder, images / folder.name)
+    out = tmp_path / "my out"
+    cmd = [sys.executable, "-m", "p8lib.cli", "run", "--images", str(images), "--output", str(out)]
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while "featurizing" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        proc.wait(timeout=120)
+    stderr = log.read_text()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.rstrip().splitlines()[-1] == "p8: interrupted, nothing was published"
+    assert "Traceback" not in stderr and "Py4J" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "stderr.txt"]
