@@ -147,13 +147,17 @@ def test_a_symlink_loop_is_not_followed_and_every_real_file_is_read_once(
 # --- 3. one writer per output -----------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_a_second_run_into_the_same_output_exits_1_naming_the_first(fruits_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    images = tmp_path / "images"
+def _long_run(fruits_dir: Path, images: Path, out: Path) -> list[str]:
+    """The command of a run long enough to act on while it works (4 Test classes, ~650 images)."""
     for folder in sorted((fruits_dir / "Test").iterdir())[:4]:
         shutil.copytree(folder, images / folder.name)
+    return [sys.executable, "-m", "p8lib.cli", "run", "--images", str(images), "--output", str(out)]
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_output_exits_1_naming_the_first(fruits_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "p8lib.cli", "run", "--images", str(images), "--output", str(out)]
+    cmd = _long_run(fruits_dir, tmp_path / "images", out)
     first = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -163,7 +167,7 @@ def test_a_second_run_into_the_same_output_exits_1_naming_the_first(fruits_dir, 
         time.sleep(0.1)
     assert lock.exists(), "the first run never took the lock"
     holder = json.loads(lock.read_text())
-    second = p8("run", "--images", str(images), "--output", str(out), "--mode", "overwrite")
+    second = p8(*cmd[3:], "--mode", "overwrite")
     assert first.poll() is None, "the first run ended before the second one checked"
     line = _one_error(second, "being written by another p8 command", code=1)
     assert holder["run_id"] in line and str(first.pid) in line
@@ -468,11 +472,7 @@ def test_s3_server_killed_while_writing(sample_dir, tmp_path) -> None:  # type: 
 
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_run_and_leaves_nothing(fruits_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    images = tmp_path / "images"
-    for folder in sorted((fruits_dir / "Test").iterdir())[:4]:
-        shutil.copytree(folder, images / folder.name)
-    out = tmp_path / "my out"
-    cmd = [sys.executable, "-m", "p8lib.cli", "run", "--images", str(images), "--output", str(out)]
+    cmd = _long_run(fruits_dir, tmp_path / "images", tmp_path / "my out")
     log = tmp_path / "stderr.txt"
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stderr=err, start_new_session=True)
