@@ -178,9 +178,13 @@ def output_lock(
         "pid": os.getpid(),
         "started_at": datetime.now(UTC).isoformat(),
     }
-    for _ in range(5):
+    for attempt in range(10):
         holder = _read_lock(spark, uri)
-        if holder and holder.get("run_id") != run_id:
+        if holder is None and attempt >= 4 and io.exists(spark, uri):
+            # Unreadable for 2 s: half-written by a command killed as it took the lock.
+            log("removing an unreadable lock, left by a p8 command killed as it started")
+            io.delete(spark, uri)
+        elif holder and holder.get("run_id") != run_id:
             if _alive(holder):
                 raise P8Error(
                     f"{output} is being written by another p8 command: {holder.get('command')} "
@@ -194,6 +198,7 @@ def output_lock(
             time.sleep(0.2 if io.is_s3(uri) else 0.0)  # S3 has no exclusive create: read back
             if (_read_lock(spark, uri) or {}).get("run_id") == run_id:
                 break
+        time.sleep(0.5)  # being written, or just taken by another command: look again
     else:
         raise P8Error(f"could not lock {output}: another p8 command keeps taking it")
     stop = threading.Event()

@@ -147,6 +147,10 @@ def test_a_symlink_loop_is_not_followed_and_every_real_file_is_read_once(
 # --- 3. one writer per output -----------------------------------------------------------------
 
 
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
 def _long_run(fruits_dir: Path, images: Path, out: Path) -> list[str]:
     """The command of a run long enough to act on while it works (4 Test classes, ~650 images)."""
     for folder in sorted((fruits_dir / "Test").iterdir())[:4]:
@@ -163,10 +167,11 @@ def test_a_second_run_into_the_same_output_exits_1_naming_the_first(fruits_dir, 
     )
     lock = tmp_path / ".out.lock"
     deadline = time.monotonic() + 120
-    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+    # Created, then written: wait for its content, not only for the file.
+    while not _text(lock) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert lock.exists(), "the first run never took the lock"
-    holder = json.loads(lock.read_text())
+    assert _text(lock), "the first run never took the lock"
+    holder = json.loads(_text(lock))
     second = p8(*cmd[3:], "--mode", "overwrite")
     assert first.poll() is None, "the first run ended before the second one checked"
     line = _one_error(second, "being written by another p8 command", code=1)
@@ -488,3 +493,15 @@ def test_ctrl_c_cancels_the_run_and_leaves_nothing(fruits_dir, tmp_path) -> None
     assert stderr.rstrip().splitlines()[-1] == "p8: interrupted, nothing was published"
     assert "Traceback" not in stderr and "Py4J" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "stderr.txt"]
+
+
+def test_an_empty_lock_left_by_a_killed_command_is_taken_over(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from p8lib import outputs
+
+    (tmp_path / ".out.lock").write_bytes(b"")  # killed between creating the lock and writing it
+    said: list[str] = []
+    uri = f"file://{tmp_path}/out"
+    with outputs.output_lock(spark, uri, run_id="r1", command="p8 run", log=said.append):
+        assert json.loads((tmp_path / ".out.lock").read_text())["run_id"] == "r1"
+    assert any("unreadable lock" in line for line in said), said
+    assert not (tmp_path / ".out.lock").exists()
