@@ -23,8 +23,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from p8lib.artifacts import MANIFEST, RunManifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,17 +40,17 @@ class BareModel:
     """
 
     def __init__(self, image_dir: Path, *, image_size: int = 224, n: int = 1280) -> None:
-        from p8lib.featurize import build_model, load_image, predict, resolve_weights
+        from p8lib.featurize import build_model, embed, load_image, resolve_weights
 
-        self.predict = predict
+        self.embed = embed
         self.model = build_model(resolve_weights("imagenet"), image_size, threads=os.cpu_count())
         files = sorted(image_dir.rglob("*.jpg"))[:n]
         self.images = np.stack([load_image(f.read_bytes(), image_size) for f in files])
-        predict(self.model, self.images[:64])  # warm-up: graph building, allocations
+        embed(self.model, self.images[:64])  # warm-up: graph building, allocations
 
     def images_per_second(self) -> float:
         start = time.perf_counter()
-        self.predict(self.model, self.images, batch_size=64)
+        self.embed(self.model, self.images, batch_size=64)
         return len(self.images) / (time.perf_counter() - start)
 
 
@@ -86,7 +89,7 @@ def _tree_rss(pid: int) -> dict[str, int]:
     return totals
 
 
-def run_pipeline(images: Path, output: Path, extra: list[str]) -> dict[str, object]:
+def run_pipeline(images: Path, output: Path, extra: list[str]) -> dict[str, Any]:
     """`p8 run` in a subprocess: wall seconds, peak memory by kind, the manifest."""
     cmd = [sys.executable, "-m", "p8lib.cli", "run", "--images", str(images)]
     cmd += ["--output", str(output), "--mode", "overwrite", *extra]
@@ -111,7 +114,7 @@ def run_pipeline(images: Path, output: Path, extra: list[str]) -> dict[str, obje
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"p8 run failed ({proc.returncode}): {stdout.decode()}")
-    manifest = json.loads((output / "manifest.json").read_text())
+    manifest = RunManifest.from_json((output / MANIFEST).read_text(), where=str(output))
     return {
         "wall_seconds": round(wall, 2),
         "peak_rss_gb": {k: round(v / 1e9, 2) for k, v in peak.items()},
@@ -159,7 +162,8 @@ def main() -> int:
         bare = (bare_before + bare_after) / 2
         print(f"bare model: {bare_before:.1f} before, {bare_after:.1f} after", flush=True)
         manifest = measured.pop("manifest")
-        seconds = manifest["seconds"]
+        assert isinstance(manifest, RunManifest)
+        seconds = manifest.seconds
         row = {
             "images": n,
             "wall_seconds": measured["wall_seconds"],
@@ -173,8 +177,8 @@ def main() -> int:
             "featurize_ratio_to_bare_model": round(n / seconds["featurize"] / bare, 3),
             "core_ms_per_image": round(1000 * measured["wall_seconds"] * os.cpu_count() / n, 2),
             "peak_rss_gb": measured["peak_rss_gb"],
-            "k": manifest["pca"]["k"],
-            "featurized": manifest["counts"]["featurized"],
+            "k": manifest.pca.k,
+            "featurized": manifest.counts.featurized,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -9,38 +9,39 @@ accuracy, top-3 accuracy, macro F1, the worst classes and a heatmap of the top c
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from p8lib import __version__, io, outputs, plots, s3
-from p8lib.config import check_master
+from p8lib import __version__, io, plots
+from p8lib.artifacts import (
+    CONFUSION,
+    EVALUATION,
+    FEATURE_DIM,
+    MODEL_INFO,
+    PARQUET,
+    SPARK_MODEL,
+    Col,
+    ModelInfo,
+    RunManifest,
+    read_run,
+)
+from p8lib.config import TrainConfig
 from p8lib.errors import UsageError
 from p8lib.featurize import COLOR_DESCRIPTOR
-from p8lib.pipeline import MANIFEST, PARQUET, _versions, featurized_with
-from p8lib.predict import COLOR_INPUT, MODEL_INFO, SPARK_MODEL
+from p8lib.job import Job, Places, versions, write_json
 from p8lib.reduce import fit_reduce, fit_scaler
-from p8lib.session import build_session, configure_s3, on_emr
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
     from pyspark.sql import DataFrame, SparkSession
 
-Input = Literal["pca", "features"]
-INPUTS: tuple[str, ...] = ("pca", "features")
-EVALUATION = "evaluation.json"
-CONFUSION = "confusion.png"
 # regParam candidates, chosen by accuracy (then log-loss) on a fifth of the training images.
 REG_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
-VECTOR_COL = "_vec"
-COLOR_SCALED = "_color_scaled"
-INPUT_COL = "_input"
+# What model.json keeps of the evaluation (evaluation.json has all of it).
+EVALUATION_SUMMARY = ("on", "rows", "accuracy", "top3_accuracy", "macro_f1")
 
 
 @dataclass(frozen=True)
@@ -145,50 +146,92 @@ class TrainResult:
     """What ``train`` fitted, where it saved it and how well it did."""
 
     model: str
-    classes: int
-    train_rows: int
-    input: str
-    k: int | None
-    reg_param: float
-    evaluation: Evaluation | None
-    seconds: dict[str, float]
-    info: dict[str, Any] = field(repr=False)
+    info: ModelInfo = field(repr=False)
+    evaluation: Evaluation
+
+    @property
+    def classes(self) -> int:
+        return len(self.info.labels)
+
+    @property
+    def train_rows(self) -> int:
+        return self.info.train_rows
+
+    @property
+    def input(self) -> str:
+        return self.info.input
+
+    @property
+    def k(self) -> int | None:
+        return self.info.k
+
+    @property
+    def reg_param(self) -> float:
+        return self.info.reg_param
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return self.info.seconds
 
     def summary(self) -> str:
-        what = f"PCA k = {self.k}" if self.input == "pca" else "all 1280 features"
-        if self.info.get("color"):
+        what = f"PCA k = {self.k}" if self.input == "pca" else f"all {FEATURE_DIM} features"
+        if self.info.color:
             what += " + colour histogram"
-        lines = [
-            f"trained on {self.train_rows} images of {self.classes} classes ({what}, "
-            f"regParam {self.reg_param:g}), {self.seconds['total']:.1f} s",
-        ]
-        if self.evaluation is not None:
-            lines.append(self.evaluation.summary())
-        lines.append(
-            f"model: {self.model}/ ({SPARK_MODEL}/, {MODEL_INFO}, {EVALUATION}, {CONFUSION})"
+        return "\n".join(
+            [
+                f"trained on {self.train_rows} images of {self.classes} classes ({what}, "
+                f"regParam {self.reg_param:g}), {self.seconds['total']:.1f} s",
+                self.evaluation.summary(),
+                f"model: {self.model}/ ({SPARK_MODEL}/, {MODEL_INFO}, {EVALUATION}, {CONFUSION})",
+            ]
         )
-        return "\n".join(lines)
+
+
+@dataclass
+class _Data:
+    """The rows to fit on and to evaluate on, and the manifest of the features' run."""
+
+    rows: DataFrame
+    test_rows: DataFrame
+    manifest: RunManifest
+    on: str  # what the evaluation is on, in words
+
+
+def _training_data(spark: SparkSession, config: TrainConfig, places: Places) -> _Data:
+    """``--features``' rows, and ``--test``'s — or a fifth of ``--features`` set aside before
+    anything is fitted: the evaluation's rows are then used for nothing else."""
+    rows, manifest = _read_features(spark, places.inputs["--features"], "--features", config)
+    test_uri = places.inputs.get("--test")
+    if test_uri is None:
+        on = "held-out fifth of --features, set aside"
+        return _Data(
+            rows.where(~_held_out("evaluation")), rows.where(_held_out("evaluation")), manifest, on
+        )
+    test_rows, test_manifest = _read_features(spark, test_uri, "--test", config)
+    if test_manifest.featurization[:2] != manifest.featurization[:2]:
+        raise UsageError(
+            "--test was featurized with other weights or image size than --features: "
+            "run both with the same --weights and --image-size"
+        )
+    return _Data(rows, test_rows, manifest, f"test {test_uri}")
 
 
 def _read_features(
-    spark: SparkSession, uri: str, *, what: str, color: bool
-) -> tuple[DataFrame, dict[str, Any]]:
+    spark: SparkSession, uri: str, what: str, config: TrainConfig
+) -> tuple[DataFrame, RunManifest]:
     """The featurized rows (path, label, features[, color]) of a ``p8 run`` and its manifest."""
     from pyspark.sql import functions as F
 
-    if not io.exists(spark, f"{uri}/{PARQUET}") or not io.exists(spark, f"{uri}/{MANIFEST}"):
-        raise UsageError(
-            f"{what} {uri} holds no p8 run results ({PARQUET} and {MANIFEST}): "
-            f"make them with `p8 run --images IMAGES --output {uri}`"
-        )
-    manifest = json.loads(io.read_bytes(spark, f"{uri}/{MANIFEST}"))
+    manifest = read_run(spark, uri, what=what)
     df = spark.read.parquet(f"{uri}/{PARQUET}")
-    if color and ("color" not in df.columns or featurized_with(manifest).color != COLOR_DESCRIPTOR):
+    if config.color and (
+        "color" not in df.columns or manifest.featurization.color != COLOR_DESCRIPTOR
+    ):
         raise UsageError(
             f"{what} {uri} has no {COLOR_DESCRIPTOR} colour histograms (an older p8 run): "
             "run `p8 run` again with --mode overwrite, or train with --no-color"
         )
-    columns = ["path", "label", "features", *(["color"] if color else [])]
+    columns = ["path", "label", "features", *(["color"] if config.color else [])]
     return df.where(F.col("features").isNotNull()).select(*columns), manifest
 
 
@@ -197,9 +240,9 @@ def _as_vectors(rows: DataFrame) -> DataFrame:
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
 
-    rows = rows.withColumn(VECTOR_COL, array_to_vector(F.col("features")))
+    rows = rows.withColumn(Col.VECTOR, array_to_vector(F.col("features")))
     if "color" in rows.columns:
-        rows = rows.withColumn(COLOR_INPUT, array_to_vector(F.col("color")))
+        rows = rows.withColumn(Col.COLOR, array_to_vector(F.col("color")))
     return rows
 
 
@@ -208,7 +251,7 @@ def _logistic(reg_param: float, max_iter: int, features_col: str) -> Any:
 
     return LogisticRegression(
         featuresCol=features_col,
-        labelCol="_label_index",
+        labelCol=Col.LABEL_INDEX,
         family="multinomial",
         regParam=reg_param,
         elasticNetParam=0.0,
@@ -245,13 +288,13 @@ def _choose_reg_param(
     for reg in REG_GRID:
         model = _logistic(reg, max_iter, features_col).fit(fit_part)
         p_true = F.element_at(
-            vector_to_array(F.col("probability")), (F.col("_label_index") + 1).cast("int")
+            vector_to_array(F.col("probability")), (F.col(Col.LABEL_INDEX) + 1).cast("int")
         )
         row = (
             model.transform(held_out)
             .agg(
                 F.count("*").alias("n"),
-                F.avg((F.col("prediction") == F.col("_label_index")).cast("double")).alias("acc"),
+                F.avg((F.col("prediction") == F.col(Col.LABEL_INDEX)).cast("double")).alias("acc"),
                 F.avg(-F.log(F.greatest(p_true, F.lit(1e-15)))).alias("log_loss"),
             )
             .first()
@@ -308,207 +351,189 @@ def evaluate(model: PipelineModel, rows: DataFrame, *, labels: list[str], on: st
 
 def train(
     *,
-    features: str,
-    model: str,
-    test: str | None = None,
-    input: Input = "pca",
-    color: bool = True,
-    k: int | None = None,
-    variance: float = 0.99,
-    reg_param: float | None = None,
-    max_iter: int = 200,
-    mode: str = "error",
-    master: str = "local[*]",
-    s3_endpoint: str | None = None,
-    spark_conf: dict[str, str] | None = None,
+    spark: SparkSession | None = None,
+    log: Callable[[str], None] | None = None,
+    verbose: bool = False,
+    **settings: Any,
+) -> TrainResult:
+    """Fit scaler (+ PCA) + multinomial logistic regression on a ``p8 run``'s features.
+
+    ``settings``: the fields of :class:`p8lib.config.TrainConfig` (``features``, ``model``,
+    ``test``, ``input``, ``color``, ``k``, …). See :func:`fit`.
+    """
+    return fit(TrainConfig(**settings), spark=spark, log=log, verbose=verbose)
+
+
+def fit(
+    config: TrainConfig,
+    *,
     spark: SparkSession | None = None,
     log: Callable[[str], None] | None = None,
     verbose: bool = False,
 ) -> TrainResult:
-    """Fit scaler (+ PCA) + multinomial logistic regression on the features under ``features``.
+    """Train for a validated :class:`TrainConfig`; save and evaluate the model.
 
-    ``features`` and ``test`` are outputs of ``p8 run`` (their ``features`` and ``color``
-    columns are used; the scaler and PCA are refitted on the training rows, exactly as ``p8 run``
-    fits them). ``input``: ``"pca"`` (k components: ``k``, or the smallest reaching
-    ``variance``) or ``"features"`` (all 1280, scaled). ``color``: each image's colour
-    histogram, scaled too, goes to the regression next to them. ``reg_param``: L2 strength; by
-    default the best of :data:`REG_GRID` on a held-out fifth of the training rows. Without
-    ``test``, a fifth of the images is set aside before anything is fitted (scaler, PCA,
-    regParam, regression) and the evaluation is on it alone. The model directory ``model`` gets the
-    PipelineModel, its description, the evaluation and the confusion heatmap; it is written
-    whole or not at all.
+    The scaler and PCA are refitted on the training rows, exactly as ``p8 run`` fits them;
+    regParam is by default the best of :data:`REG_GRID` on a held-out fifth of the training
+    rows. The model folder gets the PipelineModel, its description, the evaluation and the
+    confusion heatmap; it is written whole or not at all.
     """
+    job = Job.start("p8 train", log)
+    places = job.locate(
+        inputs={"--features": config.features, "--test": config.test},
+        output=("--model", config.model),
+        s3_endpoint=config.s3_endpoint,
+    )
+    spark = job.session(config, uses_s3=places.uses_s3, spark=spark, verbose=verbose)
+    with job.output(
+        spark, places.output, marker=MODEL_INFO, mode=config.mode, flag="--model", kind="p8 model"
+    ) as staged:
+        data = _training_data(spark, config, places)
+        reduced = None
+        try:
+            what = "the scaler and PCA" if config.input == "pca" else "the scaler"
+            with job.stage("reduce", f"fitting {what} on {places.inputs['--features']}"):
+                reduced = _reduce(data.rows, config)
+            what = f"{reduced.rows} images, {len(reduced.labels)} classes"
+            with job.stage("fit", f"fitting logistic regression on {what}"):
+                model, choice = _regression(reduced, config, job.log)
+            with job.stage("evaluate", f"evaluating on {data.on}"):
+                evaluation = evaluate(model, data.test_rows, labels=reduced.labels, on=data.on)
+            info = _info(spark, job, config, places, data, reduced, choice, evaluation)
+            _save(spark, staged, model, evaluation, info)
+        finally:
+            data.rows.unpersist()
+            if reduced is not None:
+                reduced.data.unpersist()
+    return TrainResult(places.output, info, evaluation)
+
+
+@dataclass
+class _Reduced:
+    """The fitted input stages (scaler, PCA, histogram scaler, assembler) and the training
+    rows through them (persisted): path, label, the label's index, the regression's input."""
+
+    stages: list[Any]
+    column: str
+    k: int | None
+    labels: list[str]
+    data: DataFrame
+    rows: int
+
+
+def _reduce(rows: DataFrame, config: TrainConfig) -> _Reduced:
     from pyspark import StorageLevel
     from pyspark.ml import PipelineModel
-    from pyspark.ml.feature import IndexToString, StandardScaler, StringIndexer, VectorAssembler
+    from pyspark.ml.feature import StandardScaler, StringIndexer, VectorAssembler
 
-    say = log or (lambda _msg: None)
-    if input not in INPUTS:
-        raise UsageError(f"--input must be one of {', '.join(INPUTS)}, got {input!r}")
-    if k is not None and not 1 <= k <= 1280:
-        raise UsageError(f"--k must be between 1 and 1280, got {k}")
-    if not 0.0 < variance <= 1.0:
-        raise UsageError(f"--variance must be in (0, 1], got {variance}")
-    if reg_param is not None and reg_param < 0:
-        raise UsageError(f"--reg-param must be 0 or more, got {reg_param}")
-    if max_iter < 1:
-        raise UsageError(f"--max-iter must be positive, got {max_iter}")
-    if mode not in ("error", "overwrite"):
-        raise UsageError(f"--mode must be error or overwrite, got {mode!r}")
-    check_master(master)
-    t0 = time.perf_counter()
-    started = datetime.now(UTC)
-    run_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-    emr = on_emr()
-    features_uri = io.normalize_uri(features, emr=emr)
-    model_uri = io.normalize_uri(model, emr=emr)
-    test_uri = io.normalize_uri(test, emr=emr) if test else None
-    inputs = {"--features": features_uri, **({"--test": test_uri} if test_uri else {})}
-    outputs.check_separate(model_uri, inputs, flag="--model")
-    outputs.check_writable(model_uri, flag="--model")
-    uris = [u for u in (features_uri, model_uri, test_uri) if u]
-    for uri in uris:
-        if io.is_s3(uri):
-            s3.check_bucket(uri, endpoint=s3_endpoint)
-    uses_s3 = any(io.is_s3(u) for u in uris)
-    if spark is None:
-        spark = build_session(
-            master=master, conf=spark_conf, s3=uses_s3, s3_endpoint=s3_endpoint, verbose=verbose
-        )
-    elif uses_s3:
-        configure_s3(spark, s3_endpoint)
-    outputs.check_replaceable(
-        spark, model_uri, marker=MODEL_INFO, mode=mode, flag="--model", kind="p8 model"
-    )
-    rows, manifest = _read_features(spark, features_uri, what="--features", color=color)
-    if test_uri:
-        test_rows, test_manifest = _read_features(spark, test_uri, what="--test", color=color)
-        ours, theirs = featurized_with(manifest), featurized_with(test_manifest)
-        if (theirs.weights_sha256, theirs.image_size) != (ours.weights_sha256, ours.image_size):
-            raise UsageError(
-                "--test was featurized with other weights or image size than --features: "
-                "run both with the same --weights and --image-size"
-            )
+    indexer = StringIndexer(inputCol="label", outputCol=Col.LABEL_INDEX).fit(rows)
+    labels = list(indexer.labels)
+    if len(labels) < 2:
+        raise UsageError(f"training needs at least 2 classes, {config.features} has {len(labels)}")
+    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+    if config.input == "pca":
+        reduction = fit_reduce(rows, k=config.k, variance=config.variance)
+        stages, column, k = list(reduction.model.stages), Col.PCA, reduction.k
     else:
-        # Set aside before anything is fitted: the evaluation's rows are used for nothing else.
-        test_rows = rows.where(_held_out("evaluation"))
-        rows = rows.where(~_held_out("evaluation"))
-    seconds: dict[str, float] = {}
-    data = None
-    try:
-        with (
-            outputs.output_lock(spark, model_uri, run_id=run_id, command="p8 train", log=say),
-            io.staging(spark, model_uri, run_id=run_id, what="model") as staged,
-        ):
-            start = time.perf_counter()
-            indexer = StringIndexer(inputCol="label", outputCol="_label_index").fit(rows)
-            labels = list(indexer.labels)
-            if len(labels) < 2:
-                raise UsageError(f"training needs at least 2 classes, {features} has {len(labels)}")
-            say(f"fitting the scaler{' and PCA' if input == 'pca' else ''} on {features_uri}")
-            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-            n_rows = rows.count()
-            if input == "pca":
-                reduction = fit_reduce(rows, k=k, variance=variance)
-                reduce_stages = list(reduction.model.stages)
-                chosen_k: int | None = reduction.k
-                features_col = "_pca"
-            else:
-                reduce_stages = [fit_scaler(rows)]
-                chosen_k, features_col = None, "_scaled"
-            vectors = _as_vectors(rows)
-            if color:
-                # Centred, the mostly-zero histogram becomes dense, and so do the regression's
-                # blocks: on sparse blocks each L-BFGS iteration took 5 times longer.
-                color_scaler = StandardScaler(
-                    inputCol=COLOR_INPUT, outputCol=COLOR_SCALED, withMean=True, withStd=True
-                ).fit(vectors)
-                assembler = VectorAssembler(
-                    inputCols=[features_col, COLOR_SCALED], outputCol=INPUT_COL
-                )
-                reduce_stages += [color_scaler, assembler]
-                features_col = INPUT_COL
-            reduce_model = PipelineModel(stages=reduce_stages)
-            data = (
-                reduce_model.transform(indexer.transform(vectors))
-                .select("path", "label", "_label_index", features_col)
-                .persist(StorageLevel.MEMORY_AND_DISK)
-            )
-            data.count()
-            seconds["reduce"] = round(time.perf_counter() - start, 3)
-
-            start = time.perf_counter()
-            grid_scores: dict[str, float] = {}
-            grid_log_loss: dict[str, float] = {}
-            if reg_param is None:
-                say(f"choosing regParam among {', '.join(f'{r:g}' for r in REG_GRID)}")
-                reg_param, grid_scores, grid_log_loss = _choose_reg_param(
-                    data, features_col=features_col, max_iter=max_iter, log=say
-                )
-            say(f"fitting logistic regression on {n_rows} images, {len(labels)} classes")
-            logistic = _logistic(reg_param, max_iter, features_col).fit(data)
-            to_label = IndexToString(
-                inputCol="prediction", outputCol="predicted_label", labels=labels
-            )
-            pipeline = PipelineModel(stages=[*reduce_stages, logistic, to_label])
-            seconds["fit"] = round(time.perf_counter() - start, 3)
-
-            start = time.perf_counter()
-            on = f"test {test_uri}" if test_uri else "held-out fifth of --features, set aside"
-            say(f"evaluating on {on}")
-            evaluation = evaluate(pipeline, test_rows, labels=labels, on=on)
-            seconds["evaluate"] = round(time.perf_counter() - start, 3)
-
-            pipeline.write().save(f"{staged}/{SPARK_MODEL}")
-            figure = plots.confusion_figure(
-                evaluation.matrix, evaluation.labels, cells=evaluation.confusion_cells(20)
-            )
-            io.write_bytes(spark, f"{staged}/{CONFUSION}", plots.to_png(figure))
-            io.write_bytes(
-                spark, f"{staged}/{EVALUATION}", json.dumps(evaluation.as_dict(), indent=2).encode()
-            )
-            seconds["total"] = round(time.perf_counter() - t0, 3)
-            made_with = featurized_with(manifest)
-            info = {
-                "created_at": started.isoformat(),
-                "p8lib": __version__,
-                "features": features_uri,
-                "test": test_uri,
-                "input": input,
-                "color": COLOR_DESCRIPTOR if color else None,
-                "k": chosen_k,
-                "variance_threshold": variance if input == "pca" and k is None else None,
-                "reg_param": reg_param,
-                "reg_param_scores": grid_scores,
-                "reg_param_log_loss": grid_log_loss,
-                "max_iter": max_iter,
-                "iterations": logistic.summary.totalIterations if logistic.hasSummary else None,
-                "train_rows": n_rows,
-                "labels": labels,
-                "image_size": made_with.image_size,
-                "weights_sha256": made_with.weights_sha256,
-                "evaluation": {
-                    key: value
-                    for key, value in evaluation.as_dict().items()
-                    if key in ("on", "rows", "accuracy", "top3_accuracy", "macro_f1")
-                },
-                "spark": {"master": spark.sparkContext.master, "version": spark.version},
-                "versions": _versions(),
-                "seconds": seconds,
-            }
-            io.write_bytes(spark, f"{staged}/{MODEL_INFO}", json.dumps(info, indent=2).encode())
-    finally:
-        rows.unpersist()
-        if data is not None:
-            data.unpersist()
-    return TrainResult(
-        model=model_uri,
-        classes=len(labels),
-        train_rows=n_rows,
-        input=input,
-        k=chosen_k,
-        reg_param=reg_param,
-        evaluation=evaluation,
-        seconds=seconds,
-        info=info,
+        stages, column, k = [fit_scaler(rows)], Col.SCALED, None
+    vectors = _as_vectors(rows)
+    if config.color:
+        # Centred, the mostly-zero histogram becomes dense, and so do the regression's
+        # blocks: on sparse blocks each L-BFGS iteration took 5 times longer.
+        stages.append(
+            StandardScaler(
+                inputCol=Col.COLOR, outputCol=Col.COLOR_SCALED, withMean=True, withStd=True
+            ).fit(vectors)
+        )
+        stages.append(VectorAssembler(inputCols=[column, Col.COLOR_SCALED], outputCol=Col.INPUT))
+        column = Col.INPUT
+    data = (
+        PipelineModel(stages=stages)
+        .transform(indexer.transform(vectors))
+        .select("path", "label", Col.LABEL_INDEX, column)
+        .persist(StorageLevel.MEMORY_AND_DISK)
     )
+    return _Reduced(stages, column, k, labels, data, rows=data.count())
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """The regression's regParam, how each candidate did, and its iterations."""
+
+    reg_param: float
+    scores: dict[str, float]
+    log_loss: dict[str, float]
+    iterations: int | None
+
+
+def _regression(
+    reduced: _Reduced, config: TrainConfig, log: Callable[[str], None]
+) -> tuple[PipelineModel, _Choice]:
+    """The whole model: input stages, logistic regression, index → label."""
+    from pyspark.ml import PipelineModel
+    from pyspark.ml.feature import IndexToString
+
+    reg_param = config.reg_param
+    scores: dict[str, float] = {}
+    log_loss: dict[str, float] = {}
+    if reg_param is None:
+        log(f"choosing regParam among {', '.join(f'{r:g}' for r in REG_GRID)}")
+        reg_param, scores, log_loss = _choose_reg_param(
+            reduced.data, features_col=reduced.column, max_iter=config.max_iter, log=log
+        )
+    logistic = _logistic(reg_param, config.max_iter, reduced.column).fit(reduced.data)
+    to_label = IndexToString(
+        inputCol="prediction", outputCol="predicted_label", labels=reduced.labels
+    )
+    iterations = logistic.summary.totalIterations if logistic.hasSummary else None
+    model = PipelineModel(stages=[*reduced.stages, logistic, to_label])
+    return model, _Choice(reg_param, scores, log_loss, iterations)
+
+
+def _info(
+    spark: SparkSession,
+    job: Job,
+    config: TrainConfig,
+    places: Places,
+    data: _Data,
+    reduced: _Reduced,
+    choice: _Choice,
+    evaluation: Evaluation,
+) -> ModelInfo:
+    summary = {k: v for k, v in evaluation.as_dict().items() if k in EVALUATION_SUMMARY}
+    return ModelInfo(
+        created_at=job.started.isoformat(),
+        p8lib=__version__,
+        features=places.inputs["--features"],
+        test=places.inputs.get("--test"),
+        input=config.input,
+        color=COLOR_DESCRIPTOR if config.color else None,
+        k=reduced.k,
+        variance_threshold=config.variance_threshold if config.input == "pca" else None,
+        reg_param=choice.reg_param,
+        reg_param_scores=choice.scores,
+        reg_param_log_loss=choice.log_loss,
+        max_iter=config.max_iter,
+        iterations=choice.iterations,
+        train_rows=reduced.rows,
+        labels=reduced.labels,
+        image_size=data.manifest.featurization.image_size,
+        weights_sha256=data.manifest.featurization.weights_sha256,
+        evaluation=summary,
+        spark={"master": spark.sparkContext.master, "version": spark.version},
+        versions=versions(),
+        seconds=job.timings(),
+    )
+
+
+def _save(
+    spark: SparkSession, staged: str, model: PipelineModel, evaluation: Evaluation, info: ModelInfo
+) -> None:
+    """The model, its evaluation and heatmap, and its description (last: it marks the folder)."""
+    model.write().save(f"{staged}/{SPARK_MODEL}")
+    figure = plots.confusion_figure(
+        evaluation.matrix, evaluation.labels, cells=evaluation.confusion_cells(20)
+    )
+    io.write_bytes(spark, f"{staged}/{CONFUSION}", plots.to_png(figure))
+    write_json(spark, f"{staged}/{EVALUATION}", evaluation.as_dict())
+    write_json(spark, f"{staged}/{MODEL_INFO}", info)

@@ -7,14 +7,17 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any, NoReturn, TypeVar
 
 from p8lib import __version__
-from p8lib.config import MODES
+from p8lib.config import MODES, SparkSettings
 from p8lib.errors import P8Error, UsageError
 
 PROG = "p8"
+S = TypeVar("S", bound=SparkSettings)
+D = TypeVar("D")
 
 
 class _Help(argparse.HelpFormatter):
@@ -51,7 +54,7 @@ def _say(message: str) -> None:
     print(f"{PROG}: {message}", file=sys.stderr, flush=True)
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
         return int(text)
     except ValueError:
@@ -73,8 +76,9 @@ def _conf(text: str) -> tuple[str, str]:
 
 
 def _pca_options(p: argparse.ArgumentParser) -> None:
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--k", type=_positive_int, help="number of PCA components")
+    """The options of :class:`p8lib.config.PcaSettings`."""
+    group = p.add_argument_group("PCA").add_mutually_exclusive_group()
+    group.add_argument("--k", type=_whole_number, help="number of PCA components")
     group.add_argument(
         "--variance",
         type=_fraction,
@@ -84,9 +88,11 @@ def _pca_options(p: argparse.ArgumentParser) -> None:
 
 
 def _spark_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--master", default="local[*]", help="Spark master URL (default local[*])")
-    p.add_argument("--s3-endpoint", help="S3 endpoint URL off EMR (or $AWS_ENDPOINT_URL)")
-    p.add_argument(
+    """The options of :class:`p8lib.config.SparkSettings` (``--conf`` fills spark_conf)."""
+    group = p.add_argument_group("Spark and S3")
+    group.add_argument("--master", default="local[*]", help="Spark master URL (default local[*])")
+    group.add_argument("--s3-endpoint", help="S3 endpoint URL off EMR (or $AWS_ENDPOINT_URL)")
+    group.add_argument(
         "--conf", type=_conf, action="append", default=[], metavar="KEY=VALUE", help="Spark conf"
     )
 
@@ -95,7 +101,7 @@ def _types(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def _emr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _emr_parser(sub: argparse._SubParsersAction) -> None:
     emr = sub.add_parser("emr", help="Amazon EMR: package, up, submit, status, down, cost")
     actions = emr.add_subparsers(dest="action", required=True, parser_class=_Parser)
 
@@ -116,27 +122,7 @@ def _emr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     package.add_argument("--bucket", required=True, help="bucket name (made private, encrypted)")
     aws_options(package)
 
-    up = actions.add_parser("up", help="create the cluster from emr_config/cluster.json")
-    up.add_argument("--bucket", required=True, help="the bucket `p8 emr package` filled")
-    up.add_argument(
-        "--config", default=None, help="RunJobFlow JSON (default emr_config/cluster.json)"
-    )
-    up.add_argument("--name", help="cluster name")
-    up.add_argument("--release", help="EMR release label, e.g. emr-7.13.0")
-    up.add_argument("--master-type", help="master instance type (on demand)")
-    up.add_argument("--core-types", type=_types, help="core instance types, comma-separated")
-    up.add_argument("--core-count", type=_positive_int, help="core capacity (instances)")
-    up.add_argument("--task-types", type=_types, help="task instance types (default: core's)")
-    up.add_argument("--task-count", type=_positive_int, default=0, help="task capacity")
-    up.add_argument("--on-demand", action="store_true", help="core/task on demand, not spot")
-    up.add_argument(
-        "--idle-timeout", type=_positive_int, help="minutes idle before auto-termination"
-    )
-    up.add_argument("--subnet", help="subnet id (default: the default VPC's)")
-    up.add_argument("--key-name", help="EC2 key pair, only with --ssh-cidr")
-    up.add_argument("--ssh-cidr", help="open SSH to this block only, e.g. 203.0.113.7/32")
-    up.add_argument("--weights", help="s3:// URI of the .h5 weights to seed Keras's cache")
-    aws_options(up)
+    _emr_up_parser(actions, aws_options)
 
     submit = actions.add_parser("submit", help="add a step: p8 run/train under spark-submit")
     cluster_id(submit)
@@ -152,12 +138,42 @@ def _emr_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     cost = actions.add_parser("cost", help="estimated cost of a run (price table inside)")
     cost.add_argument("--master-type", default="m5.xlarge")
     cost.add_argument("--core-type", default="m5.xlarge")
-    cost.add_argument("--core-count", type=_positive_int, default=2)
-    cost.add_argument("--task-count", type=_positive_int, default=0)
+    cost.add_argument("--core-count", type=_whole_number, default=2)
+    cost.add_argument("--task-count", type=_whole_number, default=0)
     cost.add_argument("--on-demand", action="store_true", help="workers on demand, not spot")
     group = cost.add_mutually_exclusive_group(required=True)
     group.add_argument("--hours", type=_fraction, help="hours the cluster runs")
-    group.add_argument("--images", type=_positive_int, help="images to featurize")
+    group.add_argument("--images", type=_whole_number, help="images to featurize")
+
+
+def _emr_up_parser(
+    actions: argparse._SubParsersAction,
+    aws_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    up = actions.add_parser("up", help="create the cluster from emr_config/cluster.json")
+    up.add_argument("--bucket", required=True, help="the bucket `p8 emr package` filled")
+    up.add_argument(
+        "--config", default=None, help="RunJobFlow JSON (default emr_config/cluster.json)"
+    )
+    up.add_argument("--name", help="cluster name")
+    up.add_argument("--release", help="EMR release label, e.g. emr-7.13.0")
+    up.add_argument("--master-type", help="master instance type (on demand)")
+    up.add_argument("--core-types", type=_types, help="core instance types, comma-separated")
+    up.add_argument("--core-count", type=_whole_number, help="core capacity (instances)")
+    up.add_argument("--task-types", type=_types, help="task instance types (default: core's)")
+    up.add_argument("--task-count", type=_whole_number, default=0, help="task capacity")
+    up.add_argument("--on-demand", action="store_true", help="core/task on demand, not spot")
+    up.add_argument(
+        "--idle-timeout",
+        dest="idle_timeout_minutes",
+        type=_whole_number,
+        help="minutes idle before auto-termination",
+    )
+    up.add_argument("--subnet", help="subnet id (default: the default VPC's)")
+    up.add_argument("--key-name", help="EC2 key pair, only with --ssh-cidr")
+    up.add_argument("--ssh-cidr", help="open SSH to this block only, e.g. 203.0.113.7/32")
+    up.add_argument("--weights", help="s3:// URI of the .h5 weights to seed Keras's cache")
+    aws_options(up)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,7 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="Spark warnings and full stack traces"
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _run_parser(sub)
+    _train_parser(sub)
+    _predict_parser(sub)
+    _emr_parser(sub)
+    _tool_parsers(sub)
+    return parser
 
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="featurize images, fit scaler + PCA, write parquet")
     run.add_argument("--images", required=True, help="folder or URI of the images (recursive)")
     run.add_argument("--output", required=True, help="folder or URI for the results")
@@ -181,13 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--weights", default="imagenet", help="'imagenet' (Keras cache) or a .h5/.keras file"
     )
-    run.add_argument("--image-size", type=_positive_int, default=224, help="network input size")
-    run.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
+    run.add_argument("--image-size", type=_whole_number, default=224, help="network input size")
+    run.add_argument("--batch-size", type=_whole_number, default=32, help="images per forward pass")
     run.add_argument(
         "--mode", choices=MODES, default="error", help="when the output exists (default: error)"
     )
     _spark_options(run)
 
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train", help="fit scaler + PCA + logistic regression on `p8 run` features; evaluate"
     )
@@ -212,24 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--reg-param", type=_fraction, help="L2 strength (default: chosen on held-out images)"
     )
-    train.add_argument("--max-iter", type=_positive_int, default=200, help="L-BFGS iterations")
+    train.add_argument("--max-iter", type=_whole_number, default=200, help="L-BFGS iterations")
     train.add_argument(
         "--mode", choices=("error", "overwrite"), default="error", help="when the model exists"
     )
     _spark_options(train)
 
+
+def _predict_parser(sub: argparse._SubParsersAction) -> None:
     predict = sub.add_parser("predict", help="the top classes of photos, without Spark")
     predict.add_argument("photos", nargs="+", metavar="PHOTO", help="image files (jpg, png, ...)")
     predict.add_argument("--model", required=True, help="a `p8 train` model folder or s3:// URI")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
-    predict.add_argument("--top", type=_positive_int, default=3, help="classes per photo")
+    predict.add_argument("--top", type=_whole_number, default=3, help="classes per photo")
     predict.add_argument(
         "--weights", default="imagenet", help="the weights the model's features came from"
     )
     predict.add_argument("--s3-endpoint", help="S3 endpoint URL off AWS (or $AWS_ENDPOINT_URL)")
 
-    _emr_parser(sub)
 
+def _tool_parsers(sub: argparse._SubParsersAction) -> None:
+    """sample, upload, jars, notebook."""
     sample = sub.add_parser("sample", help="materialize the 34-image data sample")
     sample.add_argument("--dest", default="data_sample/images", help="where to put the images")
     sample.add_argument(
@@ -256,7 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="a notebook parameter (images, output, k, variance, sample_size, s3_endpoint)",
     )
     notebook.add_argument("--results", default="results", help="where the executed notebook goes")
-    return parser
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
@@ -284,49 +312,31 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from p8lib.pipeline import run
+def _from_args(cls: type[D], args: argparse.Namespace, **extra: Any) -> D:
+    """A settings dataclass from the options named like its fields (and ``extra``)."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}  # type: ignore[arg-type]
+    return cls(**values, **extra)
 
-    result = run(
-        images=args.images,
-        output=args.output,
-        k=args.k,
-        variance=args.variance,
-        glob=args.glob,
-        master=args.master,
-        weights=args.weights,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        mode=args.mode,
-        s3_endpoint=args.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL"),
-        spark_conf=dict(args.conf),
-        log=_say,
-        verbose=args.verbose,
-    )
+
+def _settings(cls: type[S], args: argparse.Namespace) -> S:
+    """A command's typed settings from its options; ``--conf`` pairs fill spark_conf."""
+    return _from_args(cls, args, spark_conf=dict(args.conf))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from p8lib.config import RunConfig
+    from p8lib.pipeline import execute
+
+    result = execute(_settings(RunConfig, args), log=_say, verbose=args.verbose)
     print(result.summary())
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from p8lib.classify import train
+    from p8lib.classify import fit
+    from p8lib.config import TrainConfig
 
-    result = train(
-        features=args.features,
-        model=args.model,
-        test=args.test,
-        input=args.input,
-        color=args.color,
-        k=args.k,
-        variance=args.variance,
-        reg_param=args.reg_param,
-        max_iter=args.max_iter,
-        mode=args.mode,
-        master=args.master,
-        s3_endpoint=args.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL"),
-        spark_conf=dict(args.conf),
-        log=_say,
-        verbose=args.verbose,
-    )
+    result = fit(_settings(TrainConfig, args), log=_say, verbose=args.verbose)
     print(result.summary())
     return 0
 
@@ -343,7 +353,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         model=args.model,
         weights=args.weights,
         top=args.top,
-        s3_endpoint=args.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL"),
+        s3_endpoint=args.s3_endpoint,
     )
     for result in results:
         print(json.dumps(result.as_dict()) if args.json else result.line(), flush=True)
@@ -378,22 +388,7 @@ def _cmd_emr(args: argparse.Namespace) -> int:
         for uri in emr.package(args.bucket, aws):
             _say(f"{'would write' if args.dry_run else 'wrote'} {uri}")
     elif args.action == "up":
-        spec = emr.ClusterSpec(
-            bucket=args.bucket,
-            name=args.name,
-            release=args.release,
-            master_type=args.master_type,
-            core_types=args.core_types,
-            core_count=args.core_count,
-            task_types=args.task_types,
-            task_count=args.task_count,
-            on_demand=args.on_demand,
-            idle_timeout_minutes=args.idle_timeout,
-            subnet=args.subnet,
-            key_name=args.key_name,
-            ssh_cidr=args.ssh_cidr,
-            weights=args.weights,
-        )
+        spec = _from_args(emr.ClusterSpec, args)
         config = Path(args.config) if args.config else emr.CLUSTER_JSON
         cluster = emr.up(spec, aws, config=config)
         if cluster:

@@ -1,4 +1,7 @@
-"""Typed run settings with defaults; validated before anything is read or written."""
+"""Typed settings of each command, with defaults; validated before anything is read or written.
+
+The Spark/S3 part and the PCA part are defined once and shared by ``RunConfig`` and
+``TrainConfig`` (the CLI's option groups mirror them)."""
 
 from __future__ import annotations
 
@@ -6,12 +9,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from p8lib.artifacts import FEATURE_DIM
 from p8lib.errors import UsageError
 from p8lib.listing import glob_regex
+from p8lib.s3 import endpoint_url
 
 Mode = Literal["error", "overwrite", "incremental"]
 MODES: tuple[str, ...] = ("error", "overwrite", "incremental")
-FEATURE_DIM = 1280
+Input = Literal["pca", "features"]
+INPUTS: tuple[str, ...] = ("pca", "features")
 URI_RE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://.*|[^:]+)$")
 # local, local[4], local[*], local[4,2], local-cluster[2,1,1024], spark://h:7077[,h2:7077], yarn,
 # k8s://https://host:443, mesos://host:5050
@@ -41,8 +47,50 @@ local[N], spark://HOST:PORT or yarn
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    """Everything one pipeline run needs.
+class SparkSettings:
+    """Where Spark runs and how it reaches S3 (``p8 run`` and ``p8 train`` share them).
+
+    ``s3_endpoint``: an S3 server other than AWS; None reads ``$AWS_ENDPOINT_URL`` here, once.
+    """
+
+    master: str = "local[*]"
+    s3_endpoint: str | None = None
+    spark_conf: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_master(self.master)
+        object.__setattr__(self, "s3_endpoint", endpoint_url(self.s3_endpoint))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PcaSettings:
+    """How many PCA components: ``k``, or the smallest count reaching ``variance``."""
+
+    k: int | None = None
+    variance: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.k is not None and not 1 <= self.k <= FEATURE_DIM:
+            raise UsageError(f"--k must be between 1 and {FEATURE_DIM}, got {self.k}")
+        if not 0.0 < self.variance <= 1.0:
+            raise UsageError(f"--variance must be in (0, 1], got {self.variance}")
+
+    @property
+    def variance_threshold(self) -> float | None:
+        """The variance that chose k, or None when k was given."""
+        return None if self.k is not None else self.variance
+
+
+def _check_uri(flag: str, value: str, what: str) -> None:
+    if not value.strip():
+        raise UsageError(f"--{flag} is empty: give {what}")
+    if not URI_RE.match(value):
+        raise UsageError(f"--{flag} is not a valid path or URI: {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(PcaSettings, SparkSettings):
+    """Everything one ``p8 run`` needs.
 
     Examples
     --------
@@ -56,30 +104,16 @@ class RunConfig:
 
     images: str
     output: str
-    k: int | None = None
-    variance: float = 0.99
     glob: str | None = None  # None: every image extension Pillow reads, any case
-    master: str = "local[*]"
     weights: str = "imagenet"
     image_size: int = 224
     batch_size: int = 32
     mode: Mode = "error"
-    s3_endpoint: str | None = None
-    spark_conf: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.images.strip():
-            raise UsageError("--images is empty: give the folder or URI that holds the images")
-        if not self.output.strip():
-            raise UsageError("--output is empty: give a folder or URI for the results")
-        for name in ("images", "output"):
-            value = getattr(self, name)
-            if not URI_RE.match(value):
-                raise UsageError(f"--{name} is not a valid path or URI: {value!r}")
-        if self.k is not None and not 1 <= self.k <= FEATURE_DIM:
-            raise UsageError(f"--k must be between 1 and {FEATURE_DIM}, got {self.k}")
-        if not 0.0 < self.variance <= 1.0:
-            raise UsageError(f"--variance must be in (0, 1], got {self.variance}")
+        _check_uri("images", self.images, "the folder or URI that holds the images")
+        _check_uri("output", self.output, "a folder or URI for the results")
+        PcaSettings.__post_init__(self)
         if self.image_size < 32:
             raise UsageError(f"--image-size must be at least 32, got {self.image_size}")
         if self.batch_size < 1:
@@ -90,8 +124,50 @@ class RunConfig:
             raise UsageError("--glob is empty: give a pattern such as '*.jpg'")
         if self.glob is not None:
             glob_regex(self.glob)  # an unclosed '{' is refused here, not at the first file
-        check_master(self.master)
+        SparkSettings.__post_init__(self)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest (no secrets live here)."""
         return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(PcaSettings, SparkSettings):
+    """Everything one ``p8 train`` needs.
+
+    ``input``: ``"pca"`` (k components) or ``"features"`` (all 1280, scaled). ``color``: the
+    colour histogram goes to the regression too. ``reg_param``: L2 strength, None to choose it
+    on held-out rows. ``test``: a ``p8 run`` output to evaluate on, None to set a fifth aside.
+
+    Examples
+    --------
+    >>> TrainConfig(features="f", model="m", max_iter=0)
+    Traceback (most recent call last):
+    ...
+    p8lib.errors.UsageError: --max-iter must be positive, got 0
+    """
+
+    features: str
+    model: str
+    test: str | None = None
+    input: Input = "pca"
+    color: bool = True
+    reg_param: float | None = None
+    max_iter: int = 200
+    mode: Literal["error", "overwrite"] = "error"
+
+    def __post_init__(self) -> None:
+        _check_uri("features", self.features, "a `p8 run` output to train on")
+        _check_uri("model", self.model, "a folder or URI for the model")
+        if self.test is not None:
+            _check_uri("test", self.test, "a `p8 run` output to evaluate on")
+        if self.input not in INPUTS:
+            raise UsageError(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
+        PcaSettings.__post_init__(self)
+        if self.reg_param is not None and self.reg_param < 0:
+            raise UsageError(f"--reg-param must be 0 or more, got {self.reg_param}")
+        if self.max_iter < 1:
+            raise UsageError(f"--max-iter must be positive, got {self.max_iter}")
+        if self.mode not in ("error", "overwrite"):
+            raise UsageError(f"--mode must be error or overwrite, got {self.mode!r}")
+        SparkSettings.__post_init__(self)

@@ -20,11 +20,11 @@ from typing import Any
 
 from p8lib import __version__
 from p8lib.errors import P8Error, UsageError
+from p8lib.notebook import NOTEBOOKS
 from p8lib.sample import PROJECT_ROOT
 
 CLUSTER_JSON = PROJECT_ROOT / "emr_config" / "cluster.json"
 BOOTSTRAP = PROJECT_ROOT / "bootstrap.sh"
-NOTEBOOKS = PROJECT_ROOT / "notebooks"
 PREFIX = "p8"
 # The PySpark kernel's notebooks persist here (jupyter-s3-conf); JupyterHub's default user.
 JUPYTER_PREFIX = "jupyter/jovyan"

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd  # resolved at runtime: pyspark reads the UDF's type hints
 
+from p8lib.artifacts import FEATURE_DIM
 from p8lib.errors import P8Error, UsageError
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 # Where Keras itself downloads the same file from.
 WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/"
-FEATURE_DIM = 1280
 # Decompression-bomb guard: larger images are refused with an error row (~ a 70-megapixel photo).
 MAX_PIXELS = 70_000_000
 # Colour histogram: HSV with 16 hue × 8 saturation × 8 value bins, square-rooted fractions.
@@ -220,7 +220,7 @@ def preprocess(images: np.ndarray) -> np.ndarray:
     return mobilenet_v2.preprocess_input(images.astype(np.float32))
 
 
-def predict(model: Any, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+def embed(model: Any, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
     """Features of a uint8 RGB batch, ``batch_size`` images per forward pass."""
     out = [
         np.asarray(model.predict_on_batch(preprocess(images[i : i + batch_size])))
@@ -259,7 +259,7 @@ def featurize_batch(
     features: list[np.ndarray | None] = [None] * len(contents)
     colors: list[np.ndarray | None] = [None] * len(contents)
     if images:
-        rows = predict(model, np.stack(images), batch_size=batch_size)
+        rows = embed(model, np.stack(images), batch_size=batch_size)
         for i, row, image in zip(good, rows, images, strict=True):
             features[i] = row
             colors[i] = color_histogram(image)

@@ -86,7 +86,7 @@ def _fs(spark: SparkSession, uri: str) -> tuple[Any, Any]:
     jvm = spark.sparkContext._jvm
     assert jvm is not None
     path = jvm.org.apache.hadoop.fs.Path(uri)
-    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
     return path.getFileSystem(conf), path
 
 
@@ -337,9 +337,3 @@ def preview_images(
     """The first ``n`` images under ``uri`` (by path) as ``(bytes, label)``, for a grid."""
     files = list_images(uri, glob=glob, s3_endpoint=s3_endpoint).files[:n]
     return [(read_file(f.path, endpoint=s3_endpoint), f.label) for f in files]
-
-
-def read_results(spark: SparkSession, output: str) -> Any:
-    """The parquet results of a run under ``output`` as a pandas DataFrame, sorted by path."""
-    table: Any = spark.read.parquet(f"{output.rstrip('/')}/features.parquet").toPandas()
-    return table.sort_values("path").reset_index(drop=True)

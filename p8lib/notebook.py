@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from p8lib.artifacts import FIGURE_KEY
 from p8lib.errors import P8Error, UsageError
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -87,20 +88,28 @@ def run_notebook(
 
 
 def save_figures(notebook: Path, folder: Path) -> list[Path]:
-    """Write the PNG output of every cell tagged ``figure-NAME`` to ``folder/NAME.png``."""
+    """Write each PNG output that names its figure to ``folder/NAME.png``: outputs carrying
+    ``{"p8_figure": NAME}`` (:mod:`p8lib.report`), and the first PNG of a cell tagged
+    ``figure-NAME``."""
     cells = json.loads(notebook.read_text())["cells"]
     folder.mkdir(parents=True, exist_ok=True)
     saved = []
     for cell in cells:
         tags = [t for t in cell.get("metadata", {}).get("tags", []) if t.startswith(FIGURE_TAG)]
-        pngs = [
-            o["data"]["image/png"]
+        named = [
+            (
+                o.get("metadata", {}).get(FIGURE_KEY)
+                or (tags[0][len(FIGURE_TAG) :] if tags else None),
+                o,
+            )
             for o in cell.get("outputs", [])
             if "image/png" in o.get("data", {})
         ]
-        if tags and pngs:
-            path = folder / f"{tags[0][len(FIGURE_TAG):]}.png"
-            path.write_bytes(base64.b64decode(pngs[0]))
+        for name, output in named:
+            path = folder / f"{name}.png"
+            if name is None or path in saved:
+                continue
+            path.write_bytes(base64.b64decode(output["data"]["image/png"]))
             saved.append(path)
     return saved
 

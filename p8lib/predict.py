@@ -20,12 +20,9 @@ from typing import Any
 import numpy as np
 
 from p8lib import io
+from p8lib.artifacts import MODEL_INFO, SPARK_MODEL, Col, ModelInfo
 from p8lib.errors import P8Error, UsageError
 from p8lib.reduce import inverse_std
-
-SPARK_MODEL = "spark_model"
-COLOR_INPUT = "_color"  # the saved model's input column for the colour histogram
-MODEL_INFO = "model.json"
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ def load_classifier(model: str | Path, *, s3_endpoint: str | None = None) -> Cla
             f"no p8 model at {model} ({SPARK_MODEL}/ and {MODEL_INFO}): "
             "make one with `p8 train --features URI --model URI`"
         )
-    info = json.loads((folder / MODEL_INFO).read_text())
+    info = ModelInfo.from_json((folder / MODEL_INFO).read_text(), where=f"{model}/{MODEL_INFO}")
     pipeline, _ = _stage(spark_model)
     parts: dict[str, Any] = {}
     for uid in pipeline["paramMap"]["stageUids"]:
@@ -137,7 +134,7 @@ def load_classifier(model: str | Path, *, s3_endpoint: str | None = None) -> Cla
         kind = metadata["class"].rsplit(".", 1)[-1]
         if kind == "StandardScalerModel" and data is not None:
             # The features' scaler reads the features vector, the other one the histogram.
-            which = "color_" if metadata["paramMap"]["inputCol"] == COLOR_INPUT else ""
+            which = "color_" if metadata["paramMap"]["inputCol"] == Col.COLOR else ""
             parts[f"{which}mean"], parts[f"{which}std"] = (
                 _vector(data["mean"]),
                 _vector(data["std"]),
@@ -163,8 +160,8 @@ def load_classifier(model: str | Path, *, s3_endpoint: str | None = None) -> Cla
         components=parts.get("components"),
         coefficients=parts["coefficients"],
         intercepts=parts["intercepts"],
-        image_size=int(info.get("image_size") or 224),
-        weights_sha256=info.get("weights_sha256"),
+        image_size=info.image_size,
+        weights_sha256=info.weights_sha256,
         color_mean=parts.get("color_mean"),
         color_std=parts.get("color_std"),
     )
@@ -225,7 +222,7 @@ def predict_photos(
     A photo that cannot be read gets an ``error`` and no classes; the others are unaffected.
     The weights must be those the training features were computed with.
     """
-    from p8lib.featurize import build_model, color_histogram, load_image, predict, resolve_weights
+    from p8lib.featurize import build_model, color_histogram, embed, load_image, resolve_weights
 
     if top < 1:
         raise UsageError(f"--top must be positive, got {top}")
@@ -253,7 +250,7 @@ def predict_photos(
     ranked: dict[int, list[tuple[str, float]]] = {}
     if images:
         net = build_model(weights_path, classifier.image_size, threads=os.cpu_count())
-        features = predict(net, np.stack(images), batch_size=batch_size)
+        features = embed(net, np.stack(images), batch_size=batch_size)
         colors = np.stack([color_histogram(im) for im in images]) if classifier.color else None
         for i, best in zip(readable, classifier.top(features, colors, top), strict=True):
             ranked[i] = best

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from p8lib.artifacts import Col
 from p8lib.errors import UsageError
 
 if TYPE_CHECKING:
@@ -162,7 +163,6 @@ def fit_reduce(
     k: int | None = None,
     variance: float = 0.99,
     input_col: str = "features",
-    n_rows: int | None = None,
 ) -> Reduction:
     """Fit StandardScaler(withMean, withStd) + PCA on the rows of ``df`` with features.
 
@@ -217,28 +217,34 @@ def _std(stats: Moments) -> np.ndarray:
 
 def fit_scaler(df: DataFrame, *, input_col: str = "features") -> Any:
     """StandardScaler(withMean, withStd) fitted in one pass: a pyspark.ml StandardScalerModel
-    reading the vector column ``_vec`` and writing ``_scaled``."""
+    reading the vector column ``Col.VECTOR`` and writing ``Col.SCALED``."""
     stats = moments(df, input_col=input_col)
     if stats.n < 2:
         raise UsageError(f"a scaler needs at least 2 featurized images, got {stats.n}")
     return _scaler_model(stats.mean, _std(stats))
 
 
-def _java(name: str, *args: Any) -> Any:
-    from pyspark.sql import SparkSession
+def java_model(python_class: type, java_class: str, *args: Any, params: dict[str, Any]) -> Any:
+    """A pyspark.ml model made from values: ``org.apache.spark.ml.feature.<java_class>(uid,
+    *args)`` with ``params`` set, wrapped in ``python_class``.
 
-    spark = SparkSession.getActiveSession()
-    assert spark is not None and spark.sparkContext._jvm is not None
-    return getattr(spark.sparkContext._jvm.org.apache.spark.ml.feature, name)(*args)
-
-
-def _to_java(value: Any) -> Any:
+    The one place p8lib uses PySpark's private API (``_py2java``,
+    ``_transfer_params_from_java``): pyspark.ml has no public way to build a fitted model
+    from its numbers. tests/test_reduce.py fails loudly if an upgrade changes them.
+    """
     from pyspark.ml.common import _py2java
     from pyspark.sql import SparkSession
 
     spark = SparkSession.getActiveSession()
-    assert spark is not None
-    return _py2java(spark.sparkContext, value)
+    assert spark is not None and spark.sparkContext._jvm is not None
+    uid = f"{java_class.removesuffix('Model')}_{uuid.uuid4().hex[-12:]}"
+    values = [_py2java(spark.sparkContext, a) for a in args]
+    java = getattr(spark.sparkContext._jvm.org.apache.spark.ml.feature, java_class)(uid, *values)
+    for name, value in params.items():
+        java.set(java.getParam(name), value)
+    model = python_class(java)
+    model._transfer_params_from_java()
+    return model
 
 
 def _scaler_model(mean: np.ndarray, std: np.ndarray) -> Any:
@@ -246,20 +252,14 @@ def _scaler_model(mean: np.ndarray, std: np.ndarray) -> Any:
     from pyspark.ml.feature import StandardScalerModel
     from pyspark.ml.linalg import DenseVector
 
-    uid = f"StandardScaler_{uuid.uuid4().hex[-12:]}"
-    java = _java(
-        "StandardScalerModel", uid, _to_java(DenseVector(std)), _to_java(DenseVector(mean))
+    params = {"inputCol": Col.VECTOR, "outputCol": Col.SCALED, "withMean": True, "withStd": True}
+    return java_model(
+        StandardScalerModel,
+        "StandardScalerModel",
+        DenseVector(std),
+        DenseVector(mean),
+        params=params,
     )
-    for name, value in [
-        ("inputCol", "_vec"),
-        ("outputCol", "_scaled"),
-        ("withMean", True),
-        ("withStd", True),
-    ]:
-        java.set(java.getParam(name), value)
-    model = StandardScalerModel(java)
-    model._transfer_params_from_java()
-    return model
 
 
 def _pca_model(components: np.ndarray, explained: np.ndarray) -> Any:
@@ -271,10 +271,5 @@ def _pca_model(components: np.ndarray, explained: np.ndarray) -> Any:
     matrix = DenseMatrix(
         rows, k, np.asarray(components, dtype=np.float64).flatten(order="F").tolist()
     )
-    uid = f"PCA_{uuid.uuid4().hex[-12:]}"
-    java = _java("PCAModel", uid, _to_java(matrix), _to_java(DenseVector(explained)))
-    for name, value in [("inputCol", "_scaled"), ("outputCol", "_pca"), ("k", k)]:
-        java.set(java.getParam(name), value)
-    model = PCAModel(java)
-    model._transfer_params_from_java()
-    return model
+    params = {"inputCol": Col.SCALED, "outputCol": Col.PCA, "k": k}
+    return java_model(PCAModel, "PCAModel", matrix, DenseVector(explained), params=params)

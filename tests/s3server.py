@@ -90,7 +90,7 @@ class S3Server:
         self.process.wait()
         self.log.close()
 
-    def client(self, secret: str = SECRET_KEY):  # type: ignore[no-untyped-def]
+    def client(self, secret: str = SECRET_KEY):
         import boto3
 
         return boto3.client(

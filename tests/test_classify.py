@@ -13,7 +13,7 @@ from helpers import p8
 from PIL import Image
 
 
-def _spark_scores(spark, model_dir: str, parquet: str):  # type: ignore[no-untyped-def]
+def _spark_scores(spark, model_dir: str, parquet: str):
     """The saved Spark PipelineModel applied to the run's rows: path → (label, probs)."""
     from pyspark.ml import PipelineModel
     from pyspark.ml.functions import array_to_vector, vector_to_array
@@ -32,12 +32,12 @@ def _spark_scores(spark, model_dir: str, parquet: str):  # type: ignore[no-untyp
         "features",
         "color",
         "predicted_label",
-        vector_to_array("probability").alias("p"),
+        vector_to_array(F.col("probability")).alias("p"),
     ).collect()
     return {r["path"]: r for r in out}
 
 
-def test_model_folder_is_complete(sample_model, sample_run) -> None:  # type: ignore[no-untyped-def]
+def test_model_folder_is_complete(sample_model, sample_run) -> None:
     folder = Path(sample_model.model.removeprefix("file://"))
     assert (folder / "spark_model" / "metadata").is_dir()
     info = json.loads((folder / "model.json").read_text())
@@ -52,7 +52,7 @@ def test_model_folder_is_complete(sample_model, sample_run) -> None:  # type: ig
     top = max(accuracy.values())
     chosen = min((r for r in accuracy if accuracy[r] == top), key=lambda r: log_loss[r])
     assert info["reg_param"] == float(chosen)
-    assert info["weights_sha256"] == sample_run.manifest["inputs"]["weights_sha256"]
+    assert info["weights_sha256"] == sample_run.manifest.inputs.weights_sha256
     assert info["image_size"] == 224
     evaluation = json.loads((folder / "evaluation.json").read_text())
     assert evaluation["rows"] == 34
@@ -64,7 +64,7 @@ def test_model_folder_is_complete(sample_model, sample_run) -> None:  # type: ig
     Image.open(folder / "confusion.png").verify()
 
 
-def test_scores_match_scikit_learn(spark, sample_model, sample_run) -> None:  # type: ignore[no-untyped-def]
+def test_scores_match_scikit_learn(spark, sample_model, sample_run) -> None:
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
     scored = _spark_scores(spark, sample_model.model, sample_run.parquet)
@@ -109,7 +109,7 @@ def test_confusions_come_from_the_matrix() -> None:
     assert [c["label"] for c in ev.worst(1)] == ["b"]  # F1: a 0.71, b 0.57, c 0.86
 
 
-def test_numpy_classifier_agrees_with_spark(spark, sample_model, sample_run) -> None:  # type: ignore[no-untyped-def]
+def test_numpy_classifier_agrees_with_spark(spark, sample_model, sample_run) -> None:
     from p8lib.predict import load_classifier
 
     scored = _spark_scores(spark, sample_model.model, sample_run.parquet)
@@ -130,7 +130,7 @@ def test_numpy_classifier_agrees_with_spark(spark, sample_model, sample_run) -> 
     ]
 
 
-def test_full_features_model_without_color_agrees_with_spark(spark, sample_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_full_features_model_without_color_agrees_with_spark(spark, sample_run, tmp_path) -> None:
     from p8lib.classify import train
     from p8lib.errors import UsageError
     from p8lib.predict import load_classifier
@@ -152,12 +152,12 @@ def test_full_features_model_without_color_agrees_with_spark(spark, sample_run, 
         color=False,
         reg_param=0.01,
     )
-    assert result.k is None and result.reg_param == 0.01 and result.info["color"] is None
+    assert result.k is None and result.reg_param == 0.01 and result.info.color is None
     assert result.evaluation is not None and result.evaluation.on.startswith("held-out")
     assert result.train_rows + result.evaluation.rows == 34
     classifier = load_classifier(tmp_path / "m")
     # Trained on the four fifths kept: the classes present there.
-    assert classifier.labels == result.info["labels"] and len(classifier.labels) <= 17
+    assert classifier.labels == result.info.labels and len(classifier.labels) <= 17
     assert classifier.components is None
     assert classifier.coefficients.shape == (len(classifier.labels), 1280)
     assert not classifier.color
@@ -168,7 +168,7 @@ def test_full_features_model_without_color_agrees_with_spark(spark, sample_run, 
 
 def test_predict_command_names_the_fruit(
     spark, sample_model, sample_run, sample_dir, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     scored = _spark_scores(spark, sample_model.model, sample_run.parquet)
     jpgs = sorted(sample_dir.rglob("*.jpg"))[:3]
     # The same pixels as a lossless PNG; a large PNG of any size; a file that is no image.
@@ -210,7 +210,7 @@ def test_predict_command_names_the_fruit(
     assert plain.stdout.startswith(f"{jpgs[0]}: {lines[0]['top'][0]['label']} ")
 
 
-def test_train_and_predict_refuse_bad_input(sample_model, sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_train_and_predict_refuse_bad_input(sample_model, sample_dir, tmp_path) -> None:
     model = sample_model.model.removeprefix("file://")
     not_results = p8("train", "--features", str(sample_dir), "--model", str(tmp_path / "m"))
     assert not_results.returncode == 2
@@ -226,7 +226,7 @@ def test_train_and_predict_refuse_bad_input(sample_model, sample_dir, tmp_path) 
     assert not_model.returncode == 2 and "no p8 model" in not_model.stderr
 
 
-def test_classifier_on_held_out_fruits(spark, fruits_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_classifier_on_held_out_fruits(spark, fruits_dir, tmp_path) -> None:
     """Six classes: train on Training-subset (40 each), evaluate on all their Test images."""
     from p8lib.classify import train
     from p8lib.pipeline import run

@@ -12,7 +12,7 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "error" in line.lower()]
 
 
-def _assert_usage_error(result, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def _assert_usage_error(result, fragment: str) -> None:
     assert result.returncode == 2, result.stderr
     lines = _error_lines(result.stderr)
     assert len(lines) == 1, result.stderr

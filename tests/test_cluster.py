@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield c
 
 
-def _p8_run(images: Path, output: Path, master: str, *extra: str, stderr=None):  # type: ignore[no-untyped-def]
+def _p8_run(images: Path, output: Path, master: str, *extra: str, stderr=None):
     cmd = [sys.executable, "-m", "p8lib.cli", "run", "--images", str(images)]
     cmd += ["--output", str(output), "--master", master, *extra]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
@@ -37,7 +38,7 @@ def _table(output: Path) -> pd.DataFrame:
     return table.sort_values("path").reset_index(drop=True)
 
 
-def test_cluster_gives_the_local_results(cluster, sample_dir, sample_table, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_gives_the_local_results(cluster, sample_dir, sample_table, tmp_path) -> None:
     proc = _p8_run(sample_dir, tmp_path / "out", cluster.url, stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
@@ -60,7 +61,7 @@ def test_cluster_gives_the_local_results(cluster, sample_dir, sample_table, tmp_
         assert list((cluster.folder / f"worker-{i}").glob("app-*/*/stderr")), f"worker-{i} idle"
 
 
-def _active_stages(ui_port: int) -> list[dict]:  # type: ignore[type-arg]
+def _active_stages(ui_port: int) -> list[dict[str, Any]]:
     base = f"http://127.0.0.1:{ui_port}/api/v1/applications"
     try:
         with urllib.request.urlopen(base, timeout=2) as r:
@@ -71,7 +72,7 @@ def _active_stages(ui_port: int) -> list[dict]:  # type: ignore[type-arg]
         return []
 
 
-def test_a_worker_killed_during_featurization(cluster, fruits_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_killed_during_featurization(cluster, fruits_dir, tmp_path) -> None:
     images = tmp_path / "images"
     classes = sorted(p.name for p in (fruits_dir / "Test").iterdir())[:5]
     for name in classes:

@@ -10,6 +10,7 @@ import sys
 import tomllib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -20,13 +21,13 @@ from p8lib import emr
 from p8lib.errors import UsageError
 
 
-def _client(service: str):  # type: ignore[no-untyped-def]
+def _client(service: str):
     return boto3.client(
         service, region_name="eu-west-3", aws_access_key_id="test", aws_secret_access_key="test"
     )
 
 
-def _requests(stdout: str) -> list[dict]:  # type: ignore[type-arg]
+def _requests(stdout: str) -> list[dict[str, Any]]:
     """The JSON requests a --dry-run printed, one after the other."""
     decoder, out, pos = json.JSONDecoder(), [], 0
     text = stdout.strip()

@@ -44,7 +44,7 @@ def test_committed_notebooks_have_no_outputs(notebook: Path) -> None:
 
 
 @pytest.mark.slow
-def test_p8_local_runs_on_the_sample(spark, sample_dir, tmp_path):  # type: ignore[no-untyped-def]
+def test_p8_local_runs_on_the_sample(spark, sample_dir, tmp_path):
     output = tmp_path / "out"
     executed = run_notebook(
         "P8_local",
@@ -58,7 +58,7 @@ def test_p8_local_runs_on_the_sample(spark, sample_dir, tmp_path):  # type: igno
 
 
 @pytest.mark.slow
-def test_p8_aws_runs_against_a_local_s3_server(spark, s3_server, sample_dir, tmp_path):  # type: ignore[no-untyped-def]
+def test_p8_aws_runs_against_a_local_s3_server(spark, s3_server, sample_dir, tmp_path):
     s3_server.client().create_bucket(Bucket="notebooks")
     upload(sample_dir, "s3://notebooks/data/Test", endpoint=s3_server.endpoint)
     executed = run_notebook(

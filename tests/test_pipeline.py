@@ -18,11 +18,11 @@ def _manifest_labels() -> dict[str, str]:
         return {r["path"].removeprefix("Test/"): r["label"] for r in csv.DictReader(fh)}
 
 
-def _matrix(table, column: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _matrix(table, column: str) -> np.ndarray:
     return np.stack(table.sort_values("path")[column].to_numpy()).astype(np.float64)
 
 
-def test_sample_gives_one_row_per_image_with_labels_from_folders(sample_run, sample_table):  # type: ignore[no-untyped-def]
+def test_sample_gives_one_row_per_image_with_labels_from_folders(sample_run, sample_table):
     assert len(sample_table) == 34
     assert sample_table["path"].is_unique
     expected = _manifest_labels()
@@ -36,7 +36,7 @@ def test_sample_gives_one_row_per_image_with_labels_from_folders(sample_run, sam
     assert {len(c) for c in sample_table["color"]} == {1024}
 
 
-def test_parquet_schema_keeps_the_reference_columns(spark, sample_run):  # type: ignore[no-untyped-def]
+def test_parquet_schema_keeps_the_reference_columns(spark, sample_run):
     schema = spark.read.parquet(sample_run.parquet).schema
     types = {f.name: f.dataType.simpleString() for f in schema.fields}
     assert types["path"] == "string" and types["label"] == "string"
@@ -45,7 +45,7 @@ def test_parquet_schema_keeps_the_reference_columns(spark, sample_run):  # type:
     assert types["color"] == "array<float>"
 
 
-def test_spark_features_equal_a_direct_keras_predict(sample_table, weights_path):  # type: ignore[no-untyped-def]
+def test_spark_features_equal_a_direct_keras_predict(sample_table, weights_path):
     import keras
     from keras.applications.mobilenet_v2 import preprocess_input
     from PIL import Image
@@ -60,7 +60,7 @@ def test_spark_features_equal_a_direct_keras_predict(sample_table, weights_path)
             np.asarray(
                 Image.open(p.removeprefix("file:"))
                 .convert("RGB")
-                .resize((224, 224), Image.BILINEAR),
+                .resize((224, 224), Image.Resampling.BILINEAR),
                 dtype=np.float32,
             )
             for p in table["path"]
@@ -74,14 +74,18 @@ def test_spark_features_equal_a_direct_keras_predict(sample_table, weights_path)
     assert np.abs(spark_features - spark_features.mean(axis=0)).max() > 0.1
 
 
-def test_spark_color_histograms_equal_a_histogramdd_reference(sample_table):  # type: ignore[no-untyped-def]
+def test_spark_color_histograms_equal_a_histogramdd_reference(sample_table):
     """HSV 16×8×8 of every other pixel of the 224×224 input, square-rooted fractions."""
     from PIL import Image
 
     table = sample_table.sort_values("path")
     expected = []
     for p in table["path"]:
-        rgb = Image.open(p.removeprefix("file:")).convert("RGB").resize((224, 224), Image.BILINEAR)
+        rgb = (
+            Image.open(p.removeprefix("file:"))
+            .convert("RGB")
+            .resize((224, 224), Image.Resampling.BILINEAR)
+        )
         hsv = np.asarray(Image.fromarray(np.asarray(rgb)[::2, ::2]).convert("HSV"))
         counts, _ = np.histogramdd(hsv.reshape(-1, 3), bins=(16, 8, 8), range=[(0, 256)] * 3)
         expected.append(np.sqrt(counts.ravel() / counts.sum()))
@@ -94,7 +98,7 @@ def test_spark_color_histograms_equal_a_histogramdd_reference(sample_table):  # 
     assert len({tuple(np.round(c, 3)) for c in by_label}) == 17
 
 
-def test_pca_equals_a_numpy_and_sklearn_reference(sample_run, sample_table):  # type: ignore[no-untyped-def]
+def test_pca_equals_a_numpy_and_sklearn_reference(sample_run, sample_table):
     from sklearn.decomposition import PCA
 
     x = _matrix(sample_table, "features")
@@ -106,7 +110,7 @@ def test_pca_equals_a_numpy_and_sklearn_reference(sample_run, sample_table):  # 
 
     cumulative = np.cumsum(ratio)
     assert cumulative[k - 1] >= 0.99 > cumulative[k - 2], "k is the smallest reaching 99%"
-    explained = np.array(sample_run.manifest["pca"]["explained_variance"])
+    explained = np.array(sample_run.manifest.pca.explained_variance)
     np.testing.assert_allclose(explained[:k], ratio[:k], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(
         explained[:k], PCA().fit(scaled).explained_variance_ratio_[:k], rtol=1e-6
@@ -118,7 +122,7 @@ def test_pca_equals_a_numpy_and_sklearn_reference(sample_run, sample_table):  # 
     np.testing.assert_allclose(spark_pca, projected * signs, atol=1e-6 * np.abs(projected).max())
 
 
-def test_explicit_k_gives_that_many_components(spark, sample_dir, sample_table, tmp_path):  # type: ignore[no-untyped-def]
+def test_explicit_k_gives_that_many_components(spark, sample_dir, sample_table, tmp_path):
     result = run(images=str(sample_dir), output=str(tmp_path / "k5"), k=5)
     assert result.k == 5
     table = spark.read.parquet(result.parquet).toPandas()
@@ -127,10 +131,10 @@ def test_explicit_k_gives_that_many_components(spark, sample_dir, sample_table, 
     wide = _matrix(sample_table, "pca_features")[:, :5]
     signs = np.sign(np.sum(five * wide, axis=0))
     np.testing.assert_allclose(five, wide * signs, atol=1e-6)
-    assert result.manifest["pca"]["variance_threshold"] is None
+    assert result.manifest.pca.variance_threshold is None
 
 
-def test_explained_variance_plot_is_a_png(sample_run):  # type: ignore[no-untyped-def]
+def test_explained_variance_plot_is_a_png(sample_run):
     from PIL import Image
 
     path = Path(sample_run.plot.removeprefix("file://"))
@@ -140,10 +144,10 @@ def test_explained_variance_plot_is_a_png(sample_run):  # type: ignore[no-untype
         assert img.format == "PNG" and img.size[0] >= 400
 
 
-def test_manifest_is_complete(sample_run):  # type: ignore[no-untyped-def]
+def test_manifest_is_complete(sample_run):
     out = Path(sample_run.output.removeprefix("file://"))
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest == json.loads(json.dumps(sample_run.manifest))
+    assert manifest == json.loads(json.dumps(sample_run.manifest.as_dict()))
     assert manifest["counts"] == {
         "images": 34,
         "featurized": 34,
@@ -165,7 +169,7 @@ def test_manifest_is_complete(sample_run):  # type: ignore[no-untyped-def]
     assert not list(out.parent.glob(".sample.tmp-*")), "the staging folder was moved in place"
 
 
-def test_k_larger_than_the_data_is_refused_before_writing(spark, sample_dir, tmp_path):  # type: ignore[no-untyped-def]
+def test_k_larger_than_the_data_is_refused_before_writing(spark, sample_dir, tmp_path):
     from p8lib.errors import UsageError
 
     with pytest.raises(UsageError, match="at most 34 components"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -20,16 +22,17 @@ def test_moments_combine_like_one_pass() -> None:
 
 
 @pytest.mark.parametrize("k", [3, None])
-def test_fit_equals_spark_estimators(spark, sample_table, k) -> None:  # type: ignore[no-untyped-def]
+def test_fit_equals_spark_estimators(spark, sample_table, k) -> None:
     from pyspark.ml.feature import PCA, StandardScaler
     from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
 
     rows = [(list(map(float, f)),) for f in sample_table.sort_values("path")["features"]]
     df = spark.createDataFrame(rows, "features array<float>")
     ours = fit_reduce(df, k=k, variance=0.95)
     chosen = ours.k
 
-    vec = df.select(array_to_vector("features").alias("v"))
+    vec = df.select(array_to_vector(F.col("features")).alias("v"))
     scaler = StandardScaler(inputCol="v", outputCol="s", withMean=True, withStd=True).fit(vec)
     scaled = scaler.transform(vec)
     full = PCA(k=34, inputCol="s", outputCol="p").fit(scaled)
@@ -39,6 +42,8 @@ def test_fit_equals_spark_estimators(spark, sample_table, k) -> None:  # type: i
         cumulative = np.cumsum(reference)
         assert cumulative[chosen - 1] >= 0.95 > cumulative[chosen - 2]
 
+    our_scaler: Any
+    our_pca: Any
     our_scaler, our_pca = ours.model.stages
     np.testing.assert_allclose(our_scaler.mean.toArray(), scaler.mean.toArray(), rtol=1e-9)
     np.testing.assert_allclose(our_scaler.std.toArray(), scaler.std.toArray(), rtol=1e-9)
@@ -48,7 +53,8 @@ def test_fit_equals_spark_estimators(spark, sample_table, k) -> None:  # type: i
     signs = np.sign(np.sum(ours_pc * theirs_pc, axis=0))
     np.testing.assert_allclose(ours_pc, theirs_pc * signs, atol=1e-6)
 
-    projected = np.stack(ours.transform(df).toPandas()["pca_features"])
+    table: Any = ours.transform(df).toPandas()
+    projected = np.stack(table["pca_features"])
     # Signs are compared against the model with the same k: Spark picks a different eigen-solver
     # for k=34 than for a small k, and each may flip a component.
     expected = np.stack([r.p.toArray() for r in theirs.transform(scaled).collect()])

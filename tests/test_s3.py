@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,13 +17,13 @@ from p8lib.pipeline import run
 from p8lib.s3 import list_sizes, upload
 
 
-def _by_path(table, prefix: str):  # type: ignore[no-untyped-def]
+def _by_path(table, prefix: str):
     table = table.assign(rel=table["path"].str.split(prefix).str[-1]).sort_values("rel")
     return table.reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_server) -> str:  # type: ignore[no-untyped-def]
+def bucket(s3_server) -> str:
     s3_server.client().create_bucket(Bucket="fruits")
     return "fruits"
 
@@ -30,7 +31,7 @@ def bucket(s3_server) -> str:  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_pipeline_on_s3_equals_the_local_run(
     spark, s3_server, bucket, sample_dir, sample_run, sample_table
-):  # type: ignore[no-untyped-def]
+):
     done = upload(sample_dir, f"s3://{bucket}/data/Test", endpoint=s3_server.endpoint)
     assert (done.uploaded, done.skipped) == (34, 0)
     again = upload(sample_dir, f"s3://{bucket}/data/Test", endpoint=s3_server.endpoint)
@@ -62,7 +63,7 @@ def test_pipeline_on_s3_equals_the_local_run(
 
 def test_a_prefix_with_more_than_1000_objects_is_read_completely(
     spark, s3_server, bucket, fruits_dir, tmp_path
-):  # type: ignore[no-untyped-def]
+):
     tree = tmp_path / "many"
     classes = sorted((fruits_dir / "Test").iterdir())[:8]
     count = 0
@@ -84,14 +85,14 @@ def test_a_prefix_with_more_than_1000_objects_is_read_completely(
     assert len(listing.files) == count
     images = io.read_images(spark, listing, partitions=4)
     content = io.file_content(F.col("path"), s3_endpoint=s3_server.endpoint)
-    read = images.select("path", "label", F.length(content).alias("n")).toPandas()
+    read: Any = images.select("path", "label", F.length(content).alias("n")).toPandas()
     assert len(read) == count and read["path"].is_unique
     assert read["label"].nunique() == len(classes)
     sizes = list_sizes(uri, endpoint=s3_server.endpoint)
     assert sorted(read["n"]) == sorted(sizes.values()), "every object's bytes were read"
 
 
-def _assert_one_error_line(result, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def _assert_one_error_line(result, fragment: str) -> None:
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert (
@@ -101,7 +102,7 @@ def _assert_one_error_line(result, fragment: str) -> None:  # type: ignore[no-un
     assert "wrong-secret" not in result.stderr + result.stdout
 
 
-def test_wrong_credentials(s3_server, bucket) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_credentials(s3_server, bucket) -> None:
     args = ["run", "--images", f"s3://{bucket}/data/Test", "--output", f"s3://{bucket}/x"]
     result = p8(
         *args, "--s3-endpoint", s3_server.endpoint, env={"AWS_SECRET_ACCESS_KEY": "wrong-secret"}
@@ -109,12 +110,12 @@ def test_wrong_credentials(s3_server, bucket) -> None:  # type: ignore[no-untype
     _assert_one_error_line(result, "access denied")
 
 
-def test_missing_bucket(s3_server) -> None:  # type: ignore[no-untyped-def]
+def test_missing_bucket(s3_server) -> None:
     args = ["run", "--images", "s3://no-such-bucket/data", "--output", "s3://no-such-bucket/x"]
     _assert_one_error_line(p8(*args, "--s3-endpoint", s3_server.endpoint), "bucket not found")
 
 
-def test_unreachable_endpoint(sample_dir) -> None:  # type: ignore[no-untyped-def]
+def test_unreachable_endpoint(sample_dir) -> None:
     args = ["run", "--images", "s3://fruits/data", "--output", "s3://fruits/x"]
     _assert_one_error_line(p8(*args, "--s3-endpoint", "http://127.0.0.1:9"), "cannot reach")
     upload_args = [

@@ -21,7 +21,7 @@ from PIL import Image
 ODD = "my photos #1 [x] 50% é 果"
 
 
-def _one_error(result, fragment: str, code: int = 2) -> str:  # type: ignore[no-untyped-def]
+def _one_error(result, fragment: str, code: int = 2) -> str:
     assert result.returncode == code, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(lines) == 1, result.stderr[-3000:]
@@ -51,7 +51,7 @@ def _small_tree(root: Path, sample_dir: Path, classes: int = 2, per_class: int =
 
 
 @pytest.mark.parametrize("where", ["same", "above", "inside", "symlink"])
-def test_an_output_over_the_input_is_refused_before_spark(sample_dir, tmp_path, where) -> None:  # type: ignore[no-untyped-def]
+def test_an_output_over_the_input_is_refused_before_spark(sample_dir, tmp_path, where) -> None:
     photos = tmp_path / "photos" / "fruits"
     shutil.copytree(sample_dir, photos)
     (tmp_path / "photos" / "notes.txt").write_text("mine")
@@ -91,7 +91,7 @@ def test_an_s3_bucket_root_output_is_refused() -> None:
     assert "bucket root" in _one_error(result, "--output s3a://results")
 
 
-def test_overwrite_replaces_only_what_p8_wrote(sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_overwrite_replaces_only_what_p8_wrote(sample_dir, tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "thesis.docx").write_text("years of work")
@@ -103,7 +103,7 @@ def test_overwrite_replaces_only_what_p8_wrote(sample_dir, tmp_path) -> None:  #
     assert _tree(out) == {"thesis.docx": b"years of work"}
 
 
-def test_train_refuses_a_model_over_its_features_or_a_foreign_folder(sample_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_train_refuses_a_model_over_its_features_or_a_foreign_folder(sample_run, tmp_path) -> None:
     features = sample_run.output.removeprefix("file://")
     before = _tree(Path(features))
     for model in (features, f"{features}/model", str(Path(features).parent)):
@@ -124,7 +124,7 @@ def test_train_refuses_a_model_over_its_features_or_a_foreign_folder(sample_run,
 @pytest.mark.slow
 def test_a_symlink_loop_is_not_followed_and_every_real_file_is_read_once(
     spark, sample_dir, tmp_path
-):  # type: ignore[no-untyped-def]
+):
     from p8lib.pipeline import run
 
     root = tmp_path / "photos"
@@ -137,9 +137,9 @@ def test_a_symlink_loop_is_not_followed_and_every_real_file_is_read_once(
     table = spark.read.parquet(result.parquet).toPandas()
     assert sorted(p.removeprefix("file:") for p in table["path"]) == sorted(map(str, files))
     assert set(table["label"]) == {f.parent.name for f in files}
-    listing = result.manifest["listing"]
+    listing = result.manifest.listing
     assert (listing["symlink_loops"], listing["broken_symlinks"]) == (1, 1)
-    assert listing["duplicate_links"] == 1 and result.manifest["counts"]["images"] == len(files)
+    assert listing["duplicate_links"] == 1 and result.manifest.counts.images == len(files)
     summary = result.summary()
     assert "1 symlink loops not followed" in summary and "1 broken symlinks" in summary
 
@@ -159,7 +159,7 @@ def _long_run(fruits_dir: Path, images: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_second_run_into_the_same_output_exits_1_naming_the_first(fruits_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_run_into_the_same_output_exits_1_naming_the_first(fruits_dir, tmp_path) -> None:
     out = tmp_path / "out"
     cmd = _long_run(fruits_dir, tmp_path / "images", out)
     first = subprocess.Popen(
@@ -187,7 +187,7 @@ def test_a_second_run_into_the_same_output_exits_1_naming_the_first(fruits_dir, 
 
 
 @pytest.mark.slow
-def test_the_next_run_cleans_up_after_a_killed_one(sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_next_run_cleans_up_after_a_killed_one(sample_dir, tmp_path) -> None:
     out = tmp_path / "out"
     assert p8("run", "--images", str(sample_dir), "--output", str(out), "--k", "2").returncode == 0
     previous = json.loads((out / "manifest.json").read_text())["run_id"]
@@ -218,7 +218,7 @@ def test_the_next_run_cleans_up_after_a_killed_one(sample_dir, tmp_path) -> None
 @pytest.mark.slow
 def test_every_image_extension_in_any_case_is_read_and_the_rest_counted(
     spark, sample_dir, tmp_path
-):  # type: ignore[no-untyped-def]
+):
     from p8lib.pipeline import run
 
     root = tmp_path / "phone"
@@ -235,15 +235,15 @@ def test_every_image_extension_in_any_case_is_read_and_the_rest_counted(
     (root / ".DS_Store").write_bytes(b"\0")
     result = run(images=str(root), output=str(tmp_path / "out"), k=2)
     assert result.images == 20 and result.featurized == 20
-    assert result.manifest["listing"]["skipped_by_extension"] == {".heic": 1, ".txt": 1}
+    assert result.manifest.listing["skipped_by_extension"] == {".heic": 1, ".txt": 1}
     assert "2 files skipped (not images: " in result.summary()
     narrowed = run(images=str(root), output=str(tmp_path / "png"), k=2, glob="*.PNG")
     assert narrowed.images == 4
-    assert narrowed.manifest["listing"]["skipped_by_extension"][".jpg"] == 8
+    assert narrowed.manifest.listing["skipped_by_extension"][".jpg"] == 8
 
 
 @pytest.mark.slow
-def test_spaces_accents_and_url_characters_in_every_path(sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_spaces_accents_and_url_characters_in_every_path(sample_dir, tmp_path) -> None:
     root = tmp_path / ODD / "fruits"
     sources = sorted(sample_dir.rglob("*.jpg"))[:6]
     for i, image in enumerate(sources):
@@ -259,7 +259,7 @@ def test_spaces_accents_and_url_characters_in_every_path(sample_dir, tmp_path) -
     assert set(table["label"]) == {"Äpfel #0 [rot]", "Äpfel #1 [rot]"}
 
 
-def test_a_single_file_as_input_is_refused_at_once(sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_single_file_as_input_is_refused_at_once(sample_dir, tmp_path) -> None:
     photo = next(sample_dir.rglob("*.jpg"))
     result = p8("run", "--images", str(photo), "--output", str(tmp_path / "out"))
     assert "is a file: give the folder" in _one_error(result, "--images")
@@ -274,7 +274,7 @@ def test_a_single_file_as_input_is_refused_at_once(sample_dir, tmp_path) -> None
 # --- 9-12. errors a person can act on -----------------------------------------------------------
 
 
-def test_a_nonsense_master_and_a_text_weights_file_are_usage_errors(sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_nonsense_master_and_a_text_weights_file_are_usage_errors(sample_dir, tmp_path) -> None:
     result = p8(
         "run", "--images", str(sample_dir), "--output", str(tmp_path / "o"), "--master", "x"
     )
@@ -288,7 +288,7 @@ def test_a_nonsense_master_and_a_text_weights_file_are_usage_errors(sample_dir, 
     assert not (tmp_path / "o").exists()
 
 
-def test_an_unwritable_output_names_the_path_and_the_reason(sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_unwritable_output_names_the_path_and_the_reason(sample_dir, tmp_path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     result = p8("run", "--images", str(sample_dir), "--output", str(blocker / "out"))
@@ -298,7 +298,7 @@ def test_an_unwritable_output_names_the_path_and_the_reason(sample_dir, tmp_path
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a read-only folder")
-def test_a_read_only_output_parent_is_a_runtime_error(sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_read_only_output_parent_is_a_runtime_error(sample_dir, tmp_path) -> None:
     parent = tmp_path / "ro"
     parent.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(parent)])
@@ -320,7 +320,7 @@ def test_verbose_after_the_subcommand_and_defaults_in_help() -> None:
     assert "(default: error)" in help_text
 
 
-def test_predict_says_what_a_file_is_not(sample_model, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_predict_says_what_a_file_is_not(sample_model, tmp_path) -> None:
     fake = tmp_path / ODD / "not a photo.jpg"
     fake.parent.mkdir(parents=True)
     fake.write_text("hello\n")
@@ -335,7 +335,7 @@ def test_predict_says_what_a_file_is_not(sample_model, tmp_path) -> None:  # typ
 
 
 @pytest.mark.slow
-def test_counts_come_from_the_rows(spark, sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_counts_come_from_the_rows(spark, sample_dir, tmp_path) -> None:
     from p8lib.pipeline import run
 
     images = tmp_path / "images"
@@ -345,12 +345,12 @@ def test_counts_come_from_the_rows(spark, sample_dir, tmp_path) -> None:  # type
     broken = sorted(images.rglob("*.jpg"))[0]
     broken.write_bytes(b"no longer a photo")  # changed: featurized again, and now failing
     again = run(images=str(images), output=out, k=2, mode="incremental")
-    counts = again.manifest["counts"]
-    assert (counts["featurized"], counts["reused"], counts["failed"]) == (0, 33, 1)
-    assert counts["failed_by_reason"] == {"not a readable image": 1}
+    counts = again.manifest.counts
+    assert (counts.featurized, counts.reused, counts.failed) == (0, 33, 1)
+    assert counts.failed_by_reason == {"not a readable image": 1}
 
 
-def test_run_leaves_the_callers_session_as_it_was(spark, sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_run_leaves_the_callers_session_as_it_was(spark, sample_dir, tmp_path) -> None:
     from p8lib.pipeline import run
 
     def settings() -> dict[str, str]:
@@ -364,7 +364,7 @@ def test_run_leaves_the_callers_session_as_it_was(spark, sample_dir, tmp_path) -
 @pytest.mark.slow
 def test_train_without_test_evaluates_on_rows_used_for_nothing_else(
     spark, fruits_dir, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     import numpy as np
 
     from p8lib.classify import _held_out, train
@@ -392,7 +392,7 @@ def test_train_without_test_evaluates_on_rows_used_for_nothing_else(
 
 
 @pytest.mark.slow
-def test_odd_names_on_s3(s3_server, sample_dir) -> None:  # type: ignore[no-untyped-def]
+def test_odd_names_on_s3(s3_server, sample_dir) -> None:
     client = s3_server.client()
     client.create_bucket(Bucket="odd-names")
     sources = sorted(sample_dir.rglob("*.jpg"))[:6]
@@ -419,7 +419,7 @@ def test_odd_names_on_s3(s3_server, sample_dir) -> None:  # type: ignore[no-unty
 
 
 @pytest.mark.slow
-def test_s3_server_killed_while_writing(sample_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_s3_server_killed_while_writing(sample_dir, tmp_path) -> None:
     from s3server import S3Server
 
     (tmp_path / "weed").mkdir()
@@ -476,7 +476,7 @@ def test_s3_server_killed_while_writing(sample_dir, tmp_path) -> None:  # type: 
 
 
 @pytest.mark.slow
-def test_ctrl_c_cancels_the_run_and_leaves_nothing(fruits_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_ctrl_c_cancels_the_run_and_leaves_nothing(fruits_dir, tmp_path) -> None:
     cmd = _long_run(fruits_dir, tmp_path / "images", tmp_path / "my out")
     log = tmp_path / "stderr.txt"
     with log.open("w") as err:
@@ -495,7 +495,7 @@ def test_ctrl_c_cancels_the_run_and_leaves_nothing(fruits_dir, tmp_path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "stderr.txt"]
 
 
-def test_an_empty_lock_left_by_a_killed_command_is_taken_over(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_empty_lock_left_by_a_killed_command_is_taken_over(spark, tmp_path) -> None:
     from p8lib import outputs
 
     (tmp_path / ".out.lock").write_bytes(b"")  # killed between creating the lock and writing it

@@ -18,7 +18,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_weights_offline_and_absent_name_the_file_and_where_to_put_it(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_weights_offline_and_absent_name_the_file_and_where_to_put_it(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     with pytest.raises(P8Error) as info:
         resolve_weights("imagenet", url="http://127.0.0.1:9/")
@@ -27,7 +27,7 @@ def test_weights_offline_and_absent_name_the_file_and_where_to_put_it(tmp_path, 
     assert "--weights PATH" in message and "Traceback" not in message
 
 
-def test_weights_are_downloaded_into_keras_cache(tmp_path, monkeypatch, weights_path, http_server):  # type: ignore[no-untyped-def]
+def test_weights_are_downloaded_into_keras_cache(tmp_path, monkeypatch, weights_path, http_server):
     url = http_server(weights_path.parent)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     got = resolve_weights("imagenet", url=url)
@@ -37,7 +37,7 @@ def test_weights_are_downloaded_into_keras_cache(tmp_path, monkeypatch, weights_
     assert resolve_weights("imagenet", url="http://127.0.0.1:9/") == got
 
 
-def test_weights_path_must_exist_and_be_keras_file(tmp_path):  # type: ignore[no-untyped-def]
+def test_weights_path_must_exist_and_be_keras_file(tmp_path):
     with pytest.raises(UsageError, match="not found"):
         resolve_weights(str(tmp_path / "missing.h5"))
     (tmp_path / "w.bin").write_bytes(b"x")
@@ -51,7 +51,7 @@ def test_manifest_lists_34_images_of_several_classes() -> None:
     assert all(r.path.startswith(f"Test/{r.label}/") for r in rows)
 
 
-def test_sample_from_a_local_copy(fruits_dir, tmp_path):  # type: ignore[no-untyped-def]
+def test_sample_from_a_local_copy(fruits_dir, tmp_path):
     result = p8("sample", "--from", str(fruits_dir), "--dest", str(tmp_path / "s"))
     assert result.returncode == 0, result.stderr
     files = sorted((tmp_path / "s").rglob("*.jpg"))
@@ -61,14 +61,14 @@ def test_sample_from_a_local_copy(fruits_dir, tmp_path):  # type: ignore[no-unty
         assert _sha(target) == row.sha256 == _sha(fruits_dir / row.path)
 
 
-def test_sample_over_http_from_a_loopback_server(fruits_dir, tmp_path, http_server):  # type: ignore[no-untyped-def]
+def test_sample_over_http_from_a_loopback_server(fruits_dir, tmp_path, http_server):
     url = http_server(fruits_dir)
     paths = materialize(dest=tmp_path / "s", source=url)
     assert len(paths) == 34
     assert all(_sha(p) == r.sha256 for p, r in zip(paths, read_manifest(), strict=True))
 
 
-def test_sample_rejects_a_file_that_differs_from_the_manifest(fruits_dir, tmp_path, http_server):  # type: ignore[no-untyped-def]
+def test_sample_rejects_a_file_that_differs_from_the_manifest(fruits_dir, tmp_path, http_server):
     first = read_manifest()[0]
     mirror = tmp_path / "mirror"
     for row in read_manifest():
@@ -80,7 +80,7 @@ def test_sample_rejects_a_file_that_differs_from_the_manifest(fruits_dir, tmp_pa
     assert not (tmp_path / "s" / first.label / Path(first.path).name).exists()
 
 
-def test_sample_download_failure_is_one_clear_line(tmp_path):  # type: ignore[no-untyped-def]
+def test_sample_download_failure_is_one_clear_line(tmp_path):
     result = p8("sample", "--from", "http://127.0.0.1:9/", "--dest", str(tmp_path / "s"))
     assert result.returncode == 1
     assert (

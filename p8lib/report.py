@@ -1,0 +1,117 @@
+"""What the notebooks show of a run, in one call: ``report.show(result, spark=spark)``.
+
+The views, in order: a grid of sample images, the first rows of the results, the explained
+variance, the first two principal components, the counts and the time per stage. Each view is
+also a function, for a notebook that shows only some of them.
+
+In Jupyter (IPython) a view is displayed as a heading and a figure or table; a figure's output
+carries ``{"p8_figure": NAME}`` so :func:`p8lib.notebook.save_figures` saves it as NAME.png.
+Elsewhere (a plain REPL) tables are printed as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from p8lib import io, plots
+from p8lib.artifacts import FIGURE_KEY, PARQUET
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+    from pyspark.sql import SparkSession
+
+    from p8lib.pipeline import RunResult
+
+
+def sample_images(result: RunResult, *, n: int = 12, s3_endpoint: str | None = None) -> Figure:
+    """The first ``n`` input images (by path) with their labels."""
+    images = io.preview_images(result.manifest.inputs.images, n=n, s3_endpoint=s3_endpoint)
+    return plots.image_grid_figure(images)
+
+
+def read_results(
+    spark: SparkSession, result: RunResult, *, columns: tuple[str, ...] | None = None
+) -> pd.DataFrame:
+    """The run's parquet table (``columns`` of it) as pandas, sorted by path."""
+    table = spark.read.parquet(f"{result.output}/{PARQUET}")
+    if columns is not None:
+        table = table.select(*columns)
+    rows: Any = table.toPandas()
+    return rows.sort_values("path").reset_index(drop=True)
+
+
+def first_rows(spark: SparkSession, result: RunResult, *, n: int = 5) -> pd.DataFrame:
+    """The first ``n`` rows by path: path, label, features, pca_features, error."""
+    columns = ("path", "label", "features", "pca_features", "error")
+    table = spark.read.parquet(f"{result.output}/{PARQUET}").select(*columns)
+    rows: Any = table.orderBy("path").limit(n).toPandas()
+    return rows
+
+
+def explained_variance(result: RunResult) -> Figure:
+    """Per component and cumulative; the threshold and the chosen k are marked."""
+    pca = result.manifest.pca
+    return plots.explained_variance_figure(
+        np.array(pca.explained_variance), k=pca.k, threshold=pca.variance_threshold
+    )
+
+
+def pca_scatter(spark: SparkSession, result: RunResult) -> Figure:
+    """Every featurized image on the first two principal components, coloured by label."""
+    table = read_results(spark, result, columns=("path", "label", "pca_features", "error"))
+    good = table[table["error"].isna()]
+    return plots.pca_scatter_figure(np.stack(good["pca_features"]), good["label"].tolist())
+
+
+def counts(result: RunResult) -> pd.DataFrame:
+    """Images featurized, reused and failed, and the seconds of each stage."""
+    import pandas as pd
+
+    values: dict[str, Any] = dict(vars(result.manifest.counts))
+    values.update({f"seconds {k}": v for k, v in result.seconds.items()})
+    return pd.DataFrame({"value": values})
+
+
+def views(
+    result: RunResult, *, spark: SparkSession, sample_size: int = 12, s3_endpoint: str | None = None
+) -> Iterator[tuple[str, str, Callable[[], Any]]]:
+    """(name, title, make) of each view, in the order the notebooks show them."""
+    yield (
+        "images",
+        "Sample images",
+        lambda: sample_images(result, n=sample_size, s3_endpoint=s3_endpoint),
+    )
+    yield "rows", "Features (first rows)", lambda: first_rows(spark, result)
+    yield "explained_variance", "Explained variance", lambda: explained_variance(result)
+    yield "pca_scatter", "The first two principal components", lambda: pca_scatter(spark, result)
+    yield "counts", "Counts and time per stage", lambda: counts(result)
+
+
+def show(
+    result: RunResult, *, spark: SparkSession, sample_size: int = 12, s3_endpoint: str | None = None
+) -> None:
+    """Display every view of :func:`views` in turn (see the module's docstring)."""
+    for name, title, make in views(
+        result, spark=spark, sample_size=sample_size, s3_endpoint=s3_endpoint
+    ):
+        _display(name, title, make())
+
+
+def _display(name: str, title: str, view: Any) -> None:
+    from matplotlib.figure import Figure
+
+    try:
+        from IPython.display import Image, Markdown, display
+    except ImportError:  # a plain Python REPL: text only
+        print(f"\n## {title}")
+        print(view if not isinstance(view, Figure) else f"[figure {name}]")
+        return
+    display(Markdown(f"## {title}"))
+    if isinstance(view, Figure):
+        display(Image(plots.to_png(view)), metadata={FIGURE_KEY: name})
+    else:
+        display(view)
