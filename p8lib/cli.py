@@ -9,6 +9,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from p8lib import __version__
@@ -120,6 +121,9 @@ def _emr_parser(sub: argparse._SubParsersAction) -> None:
 
     package = actions.add_parser("package", help="upload wheel, bootstrap.sh, notebooks to S3")
     package.add_argument("--bucket", required=True, help="bucket name (made private, encrypted)")
+    package.add_argument(
+        "--wheel", type=Path, help="the p8lib wheel to upload (default: built from this checkout)"
+    )
     aws_options(package)
 
     _emr_up_parser(actions, aws_options)
@@ -365,8 +369,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_emr(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from p8lib import emr
 
     if args.action == "cost":
@@ -385,7 +387,7 @@ def _cmd_emr(args: argparse.Namespace) -> int:
     if args.action in ("submit", "status", "down") and not args.cluster_id:
         raise UsageError("no cluster: pass --cluster-id j-... or set P8_CLUSTER_ID")
     if args.action == "package":
-        for uri in emr.package(args.bucket, aws):
+        for uri in emr.package(args.bucket, aws, wheel=args.wheel):
             _say(f"{'would write' if args.dry_run else 'wrote'} {uri}")
     elif args.action == "up":
         spec = _from_args(emr.ClusterSpec, args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,11 +21,8 @@ from typing import Any
 
 from p8lib import __version__
 from p8lib.errors import P8Error, UsageError
-from p8lib.notebook import NOTEBOOKS
-from p8lib.sample import PROJECT_ROOT
+from p8lib.packaged import BOOTSTRAP, CHECKOUT, CLUSTER_JSON, NOTEBOOKS
 
-CLUSTER_JSON = PROJECT_ROOT / "emr_config" / "cluster.json"
-BOOTSTRAP = PROJECT_ROOT / "bootstrap.sh"
 PREFIX = "p8"
 # The PySpark kernel's notebooks persist here (jupyter-s3-conf); JupyterHub's default user.
 JUPYTER_PREFIX = "jupyter/jovyan"
@@ -250,20 +248,47 @@ def up(spec: ClusterSpec, aws: Aws, *, config: Path = CLUSTER_JSON) -> str | Non
     return response["JobFlowId"] if response else None
 
 
+# Left out of the copy a wheel is built from: environments, caches, results, earlier builds.
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    ".cache",
+    "results",
+    "images",
+    "spark-warehouse",
+    "metastore_db",
+)
+
+
 def build_wheel(dest: Path) -> Path:
-    """``pip wheel`` of this project (no dependencies) into ``dest``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--no-deps",
-        "-q",
-        "-w",
-        str(dest),
-        str(PROJECT_ROOT),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    """``pip wheel`` of this checkout (no dependencies) into ``dest``, built from a copy in a
+    temporary folder: the tree gets no ``build/`` or ``*.egg-info``, and a module deleted from it
+    is not shipped from an earlier build."""
+    if CHECKOUT is None:
+        raise UsageError(
+            "p8lib is installed from a wheel, not a source checkout: pass that wheel with "
+            "`p8 emr package --wheel FILE.whl`, or run it from a checkout"
+        )
+    with tempfile.TemporaryDirectory(prefix="p8-wheel-") as tmp:
+        source = Path(tmp) / "src"
+        shutil.copytree(CHECKOUT, source, symlinks=True, ignore=_NOT_SOURCE)
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(dest),
+            str(source),
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise P8Error(f"building the wheel failed: {result.stderr.strip().splitlines()[-1:]}")
     wheels = sorted(dest.glob("p8lib-*.whl"))
@@ -276,6 +301,11 @@ def package(bucket: str, aws: Aws, *, wheel: Path | None = None) -> list[str]:
     """Make the bucket private and encrypted, then upload the wheel, bootstrap.sh, the entry
     script and the notebooks. Returns the s3:// URIs written."""
     _check_bucket_name(bucket)
+    if wheel is not None and (wheel.name != wheel_name() or not wheel.is_file()):
+        raise UsageError(
+            f"--wheel {wheel} is not {wheel_name()}, this p8lib's wheel "
+            "(`up` and bootstrap.sh install the one of this version)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         if wheel is None and not aws.dry_run:
             wheel = build_wheel(Path(tmp))

@@ -9,8 +9,8 @@ from typing import Any
 
 from p8lib.artifacts import FIGURE_KEY
 from p8lib.errors import P8Error, UsageError
+from p8lib.packaged import NOTEBOOKS
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 FIGURE_TAG = "figure-"
 
 
@@ -73,7 +73,7 @@ def run_notebook(
             str(source),
             str(executed),
             parameters=parameters,
-            cwd=str(source.parent),
+            cwd=str(Path.cwd()),  # relative parameters mean what they mean to the caller
             progress_bar=False,
             kernel_name="python3",
             language="python",

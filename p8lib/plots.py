@@ -1,28 +1,46 @@
-"""Matplotlib figures only (object API, no pyplot state, no display backend needed)."""
+"""Matplotlib figures (object API: no pyplot state, no display backend needed).
+
+Each function takes ``figure``, what makes the empty figure: ``Figure`` by default, or
+``matplotlib.pyplot.figure`` to draw into pyplot's current figure (for Livy's ``%matplot plt``).
+"""
 
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+MakeFigure = Callable[..., Any]
+
+
+def _new(figure: MakeFigure | None, **size: Any) -> Figure:
+    if figure is None:
+        from matplotlib.figure import Figure
+
+        figure = Figure
+    made: Figure = figure(**size)
+    return made
+
 
 def explained_variance_figure(
-    explained_variance: np.ndarray, *, k: int, threshold: float | None = None
+    explained_variance: np.ndarray,
+    *,
+    k: int,
+    threshold: float | None = None,
+    figure: MakeFigure | None = None,
 ) -> Figure:
     """Per-component and cumulative explained variance, the threshold and the chosen k marked."""
-    from matplotlib.figure import Figure
-
     ratios = np.asarray(explained_variance, dtype=float)
     # Show the interesting part of a long tail: up to twice the chosen k.
     shown = ratios[: max(min(len(ratios), 2 * k), min(len(ratios), 10))]
     x = np.arange(1, len(shown) + 1)
     cumulative = np.cumsum(ratios)[: len(shown)]
-    fig = Figure(figsize=(8, 4.5), dpi=100)
+    fig = _new(figure, figsize=(8, 4.5), dpi=100)
     ax = fig.add_subplot()
     ax.bar(x, shown, color="tab:blue", alpha=0.6, label="per component")
     ax.plot(x, cumulative, color="tab:orange", marker=".", label="cumulative")
@@ -46,13 +64,14 @@ def to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def image_grid_figure(images: list[tuple[bytes, str]], *, columns: int = 6) -> Figure:
+def image_grid_figure(
+    images: list[tuple[bytes, str]], *, columns: int = 6, figure: MakeFigure | None = None
+) -> Figure:
     """A grid of images (encoded bytes) with their labels as titles."""
-    from matplotlib.figure import Figure
     from PIL import Image
 
     rows = max(1, -(-len(images) // columns))
-    fig = Figure(figsize=(2 * columns, 2.2 * rows), dpi=100)
+    fig = _new(figure, figsize=(2 * columns, 2.2 * rows), dpi=100)
     for i, (content, label) in enumerate(images):
         ax = fig.add_subplot(rows, columns, i + 1)
         try:
@@ -65,15 +84,16 @@ def image_grid_figure(images: list[tuple[bytes, str]], *, columns: int = 6) -> F
     return fig
 
 
-def pca_scatter_figure(points: np.ndarray, labels: list[str]) -> Figure:
+def pca_scatter_figure(
+    points: np.ndarray, labels: list[str], *, figure: MakeFigure | None = None
+) -> Figure:
     """The first two PCA components, one colour per label."""
     from matplotlib import colormaps
-    from matplotlib.figure import Figure
 
     xy = np.asarray(points, dtype=float)[:, :2]
     classes = sorted(set(labels))
     cmap = colormaps["tab20"].resampled(max(len(classes), 1))
-    fig = Figure(figsize=(8, 6), dpi=100)
+    fig = _new(figure, figsize=(8, 6), dpi=100)
     ax = fig.add_subplot()
     names = np.asarray(labels)
     for i, name in enumerate(classes):
@@ -89,7 +109,11 @@ def pca_scatter_figure(points: np.ndarray, labels: list[str]) -> Figure:
 
 
 def confusion_figure(
-    matrix: np.ndarray, labels: list[str], *, cells: list[tuple[int, int]]
+    matrix: np.ndarray,
+    labels: list[str],
+    *,
+    cells: list[tuple[int, int]],
+    figure: MakeFigure | None = None,
 ) -> Figure:
     """Heatmap of the classes in the confusions ``cells`` (true, predicted indices, largest
     first); rows: true class, columns: predicted.
@@ -97,13 +121,11 @@ def confusion_figure(
     Cells show the share of each true class's images (row-normalized) and are annotated with
     counts; the diagonal stays visible so each confusion reads against the class's hits.
     """
-    from matplotlib.figure import Figure
-
     matrix = np.asarray(matrix)
     chosen: list[int] = []
     for t, p in cells:
         chosen += [i for i in (t, p) if i not in chosen]
-    fig = Figure(figsize=(max(6, 0.45 * len(chosen) + 3), max(5, 0.4 * len(chosen) + 2.5)))
+    fig = _new(figure, figsize=(max(6, 0.45 * len(chosen) + 3), max(5, 0.4 * len(chosen) + 2.5)))
     ax = fig.add_subplot()
     if not chosen:
         ax.text(0.5, 0.5, f"no confusions: all {int(matrix.sum())} images right", ha="center")

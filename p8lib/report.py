@@ -2,11 +2,17 @@
 
 The views, in order: a grid of sample images, the first rows of the results, the explained
 variance, the first two principal components, the counts and the time per stage. Each view is
-also a function, for a notebook that shows only some of them.
+also a function, for a notebook that shows them one cell at a time.
 
-In Jupyter (IPython) a view is displayed as a heading and a figure or table; a figure's output
-carries ``{"p8_figure": NAME}`` so :func:`p8lib.notebook.save_figures` saves it as NAME.png.
-Elsewhere (a plain REPL) tables are printed as text.
+In Jupyter (IPython) :func:`show` displays each view as a heading and a figure or table; a
+figure's output carries ``{"p8_figure": NAME}`` so :func:`p8lib.notebook.save_figures` saves it
+as NAME.png.
+
+EMR JupyterHub's PySpark kernel runs cells in Livy's plain Python REPL: no IPython, text back,
+and a figure only through Livy's ``%matplot plt`` magic, which sends pyplot's current figure.
+There a figure cell reads ``report.plot(report.explained_variance, result)`` then
+``%matplot plt``. Imported under IPython, this module registers a ``%matplot`` line magic that
+does the same, so those cells also run with papermill.
 """
 
 from __future__ import annotations
@@ -27,10 +33,16 @@ if TYPE_CHECKING:
     from p8lib.pipeline import RunResult
 
 
-def sample_images(result: RunResult, *, n: int = 12, s3_endpoint: str | None = None) -> Figure:
+def sample_images(
+    result: RunResult,
+    *,
+    n: int = 12,
+    s3_endpoint: str | None = None,
+    figure: plots.MakeFigure | None = None,
+) -> Figure:
     """The first ``n`` input images (by path) with their labels."""
     images = io.preview_images(result.manifest.inputs.images, n=n, s3_endpoint=s3_endpoint)
-    return plots.image_grid_figure(images)
+    return plots.image_grid_figure(images, figure=figure)
 
 
 def read_results(
@@ -45,26 +57,49 @@ def read_results(
 
 
 def first_rows(spark: SparkSession, result: RunResult, *, n: int = 5) -> pd.DataFrame:
-    """The first ``n`` rows by path: path, label, features, pca_features, error."""
+    """The first ``n`` rows by path: path, label, features and pca_features (their first values
+    and length, to read as text), error."""
     columns = ("path", "label", "features", "pca_features", "error")
     table = spark.read.parquet(f"{result.output}/{PARQUET}").select(*columns)
     rows: Any = table.orderBy("path").limit(n).toPandas()
+    for column in ("features", "pca_features"):
+        rows[column] = rows[column].map(_short)
     return rows
 
 
-def explained_variance(result: RunResult) -> Figure:
+def _short(values: Any, shown: int = 3) -> str | None:
+    """``[0.12, 0.00, 1.30, …] (1280)``: an array's first values and its length.
+
+    Examples
+    --------
+    >>> _short([0.123, 0.0, 1.3, 2.0]), _short(None)
+    ('[0.12, 0.00, 1.30, …] (4)', None)
+    """
+    if values is None:
+        return None
+    head = ", ".join(f"{v:.2f}" for v in list(values)[:shown])
+    return f"[{head}{', …' if len(values) > shown else ''}] ({len(values)})"
+
+
+def explained_variance(result: RunResult, *, figure: plots.MakeFigure | None = None) -> Figure:
     """Per component and cumulative; the threshold and the chosen k are marked."""
     pca = result.manifest.pca
     return plots.explained_variance_figure(
-        np.array(pca.explained_variance), k=pca.k, threshold=pca.variance_threshold
+        np.array(pca.explained_variance),
+        k=pca.k,
+        threshold=pca.variance_threshold,
+        figure=figure,
     )
 
 
-def pca_scatter(spark: SparkSession, result: RunResult) -> Figure:
+def pca_scatter(
+    spark: SparkSession, result: RunResult, *, figure: plots.MakeFigure | None = None
+) -> Figure:
     """Every featurized image on the first two principal components, coloured by label."""
     table = read_results(spark, result, columns=("path", "label", "pca_features", "error"))
     good = table[table["error"].isna()]
-    return plots.pca_scatter_figure(np.stack(good["pca_features"]), good["label"].tolist())
+    points = np.stack(good["pca_features"])
+    return plots.pca_scatter_figure(points, good["label"].tolist(), figure=figure)
 
 
 def counts(result: RunResult) -> pd.DataFrame:
@@ -115,3 +150,37 @@ def _display(name: str, title: str, view: Any) -> None:
         display(Image(plots.to_png(view)), metadata={FIGURE_KEY: name})
     else:
         display(view)
+
+
+def plot(view: Callable[..., Figure], *args: Any, **kwargs: Any) -> None:
+    """Draw a figure ``view`` (e.g. :func:`explained_variance`) as pyplot's current figure,
+    the only one, for ``%matplot plt`` in the next line."""
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    view(*args, figure=plt.figure, **kwargs)
+
+
+def _matplot(line: str) -> None:
+    """``%matplot plt`` under IPython, as Livy does it: show ``plt.gcf()`` as a PNG."""
+    from IPython import get_ipython
+    from IPython.display import Image, display
+
+    shell = get_ipython()
+    name = line.strip() or "plt"
+    figure = shell.user_ns[name].gcf()
+    display(Image(plots.to_png(figure)))
+    shell.user_ns[name].close(figure)  # shown once: not again by the inline backend
+
+
+def _register_matplot() -> None:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # Livy's REPL: it has %matplot itself
+        return
+    shell = get_ipython()
+    if shell is not None and "matplot" not in shell.magics_manager.magics["line"]:
+        shell.register_magic_function(_matplot, "line", "matplot")
+
+
+_register_matplot()

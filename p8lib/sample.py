@@ -14,10 +14,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from p8lib.errors import P8Error, UsageError
+from p8lib.packaged import SAMPLE_MANIFEST, workspace
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_MANIFEST = PROJECT_ROOT / "data_sample" / "manifest.csv"
-SAMPLE_DIR = PROJECT_ROOT / "data_sample" / "images"
 # The official Fruits-360 (100x100) repository; the manifest's paths are relative to its root.
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/fruits-360/fruits-360-100x100/main/"
 
@@ -88,7 +86,9 @@ def materialize(
     return written
 
 
-def ensure_sample(dest: Path = SAMPLE_DIR, *, source: str | None = None) -> Path:
-    """The sample's folder, materialized first if needed (see :func:`materialize`)."""
+def ensure_sample(dest: Path | None = None, *, source: str | None = None) -> Path:
+    """The sample's folder (default ``data_sample/images`` of the workspace), materialized
+    first if needed (see :func:`materialize`)."""
+    dest = dest or workspace() / "data_sample" / "images"
     materialize(dest=dest, source=source)
     return dest

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p8lib.errors import P8Error
+from p8lib.packaged import LOG4J_CONF
 from p8lib.s3 import endpoint_url
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-LOG4J_CONF = Path(__file__).with_name("resources") / "log4j2.properties"
 
 # Defaults tuned for ~5 KB images and a 1280-d float feature per row.
 DEFAULT_CONF: dict[str, str] = {
