@@ -107,7 +107,9 @@ def _emr_parser(sub: argparse._SubParsersAction) -> None:
     actions = emr.add_subparsers(dest="action", required=True, parser_class=_Parser)
 
     def aws_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--region", help="AWS region (default: $AWS_REGION / your profile's)")
+        p.add_argument(
+            "--region", help="AWS region (default: $AWS_DEFAULT_REGION, else your profile's)"
+        )
         p.add_argument(
             "--dry-run", action="store_true", help="print the validated requests, send nothing"
         )
@@ -403,7 +405,7 @@ def _cmd_emr(args: argparse.Namespace) -> int:
     elif args.action == "status":
         print("\n".join(emr.status(args.cluster_id, aws)))
     elif args.action == "down":
-        emr.down(args.cluster_id, aws)
+        emr.down(args.cluster_id, aws, log=_say)
         if not args.dry_run:
             print(f"terminating {args.cluster_id}")
     return 0

@@ -14,13 +14,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from p8lib import __version__
+from p8lib.aws import Aws, check_bucket_name, error_code
+from p8lib.aws import validate as validate  # re-exported: emr.validate
 from p8lib.errors import P8Error, UsageError
+from p8lib.featurize import WEIGHTS_FILE
 from p8lib.packaged import BOOTSTRAP, CHECKOUT, CLUSTER_JSON, NOTEBOOKS
 
 PREFIX = "p8"
@@ -33,76 +37,6 @@ ENTRY_SOURCE = b"import sys\n\nfrom p8lib.cli import main\n\nsys.exit(main())\n"
 def wheel_name(version: str = __version__) -> str:
     """The file name pip gives the p8lib wheel."""
     return f"p8lib-{version}-py3-none-any.whl"
-
-
-def validate(service: str, operation: str, params: dict[str, Any]) -> None:
-    """Raise UsageError unless ``params`` is a valid ``operation`` request for ``service``.
-
-    Uses botocore's parameter validator and the service model shipped with botocore: offline.
-    """
-    import botocore.session
-    from botocore.validate import ParamValidator
-
-    model = botocore.session.get_session().get_service_model(service)
-    operation_model = model.operation_model(operation)
-    report = ParamValidator().validate(params, operation_model.input_shape)
-    if report.has_errors():
-        raise UsageError(f"invalid {service} {operation} request: {report.generate_report()}")
-
-
-@dataclass
-class Aws:
-    """Validates, then sends (or, with ``dry_run``, prints) AWS API requests.
-
-    ``clients`` may hold ready boto3 clients by service name (tests pass stubbed ones).
-    """
-
-    region: str | None = None
-    dry_run: bool = False
-    clients: dict[str, Any] = field(default_factory=dict)
-    out: Callable[[str], None] = print
-    sent: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-
-    def client(self, service: str) -> Any:
-        if service not in self.clients:
-            import boto3
-
-            self.clients[service] = boto3.client(service, region_name=self.region)
-        return self.clients[service]
-
-    def call(
-        self, service: str, operation: str, params: dict[str, Any], *, shown: Any = None
-    ) -> Any:
-        """``operation`` (API name, e.g. ``RunJobFlow``) with ``params``; the response or None."""
-        validate(service, operation, params)
-        self.sent.append((service, operation, params))
-        if self.dry_run:
-            request = {"service": service, "operation": operation, "params": shown or params}
-            self.out(json.dumps(request, indent=2, default=str))
-            return None
-        method = "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_")
-        try:
-            return getattr(self.client(service), method)(**params)
-        except Exception as exc:
-            raise P8Error(_explain(exc, service, operation)) from None
-
-
-def _explain(exc: Exception, service: str, operation: str) -> str:
-    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
-
-    if isinstance(exc, NoCredentialsError):
-        return "no AWS credentials: run `aws configure` or set AWS_PROFILE / AWS_ACCESS_KEY_ID"
-    if isinstance(exc, NoRegionError):
-        return "no AWS region: pass --region or set AWS_REGION"
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{service} {operation}: {error.get('Code')}: {error.get('Message')}"
-    return f"{service} {operation}: {type(exc).__name__}: {exc}"
-
-
-def _check_bucket_name(bucket: str) -> None:
-    if not bucket or "/" in bucket or bucket.startswith("s3:"):
-        raise UsageError(f"--bucket takes a bucket name (no s3://, no /), got {bucket!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,7 +59,7 @@ class ClusterSpec:
     weights: str | None = None
 
     def __post_init__(self) -> None:
-        _check_bucket_name(self.bucket)
+        check_bucket_name(self.bucket)
         for name in ("core_count", "idle_timeout_minutes"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -144,6 +78,14 @@ class ClusterSpec:
                 )
             if not (self.key_name and self.subnet):
                 raise UsageError("--ssh-cidr needs --key-name and --subnet")
+        if self.weights is not None and (
+            not self.weights.startswith("s3://") or not self.weights.endswith(f"/{WEIGHTS_FILE}")
+        ):
+            # bootstrap.sh copies it into Keras's cache as it is named: another name is ignored.
+            raise UsageError(
+                f"--weights must be an s3:// URI of a file named {WEIGHTS_FILE} (the name Keras "
+                f"looks for in its cache), got {self.weights!r}"
+            )
 
 
 def _fleet(name: str, kind: str, types: Sequence[str], count: int, spot: bool) -> dict[str, Any]:
@@ -211,44 +153,94 @@ def cluster_request(spec: ClusterSpec, *, config: Path = CLUSTER_JSON) -> dict[s
 def up(spec: ClusterSpec, aws: Aws, *, config: Path = CLUSTER_JSON) -> str | None:
     """Create the cluster; its id (None in a dry run).
 
-    SSH stays closed (use SSM Session Manager) unless ``ssh_cidr`` is given: then a security
-    group admitting port 22 from that block only is created in the subnet's VPC and added to
-    the master.
+    First checks what the cluster will need: the wheel and bootstrap.sh in the bucket, the
+    roles it runs as. SSH stays closed (use SSM Session Manager) unless ``ssh_cidr`` is given:
+    then a security group admitting port 22 from that block only is made in the subnet's VPC,
+    added to the master and tagged with the cluster id, so `p8 emr down` deletes it.
     """
     request = cluster_request(spec, config=config)
-    if spec.ssh_cidr:
-        subnets = aws.call("ec2", "DescribeSubnets", {"SubnetIds": [spec.subnet]})
-        vpc = subnets["Subnets"][0]["VpcId"] if subnets else "vpc-FROM-DescribeSubnets"
-        group = aws.call(
-            "ec2",
-            "CreateSecurityGroup",
-            {
-                "GroupName": f"{request['Name']}-ssh",
-                "Description": f"SSH to the p8 EMR master from {spec.ssh_cidr} only",
-                "VpcId": vpc,
-            },
-        )
-        group_id = group["GroupId"] if group else "sg-FROM-CreateSecurityGroup"
-        network = ipaddress.ip_network(spec.ssh_cidr, strict=False)
-        ranges = (
-            {"IpRanges": [{"CidrIp": str(network), "Description": "p8 ssh"}]}
-            if network.version == 4
-            else {"Ipv6Ranges": [{"CidrIpv6": str(network), "Description": "p8 ssh"}]}
-        )
-        aws.call(
-            "ec2",
-            "AuthorizeSecurityGroupIngress",
-            {
-                "GroupId": group_id,
-                "IpPermissions": [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, **ranges}],
-            },
-        )
+    _check_packaged(spec.bucket, aws)
+    _check_roles(request, aws)
+    group_id = _ssh_group(spec, request, aws) if spec.ssh_cidr else None
+    if group_id:
         request["Instances"]["AdditionalMasterSecurityGroups"] = [group_id]
     response = aws.call("emr", "RunJobFlow", request)
-    return response["JobFlowId"] if response else None
+    cluster_id = response["JobFlowId"] if response else None
+    if group_id and cluster_id:
+        tags = [{"Key": SSH_GROUP_TAG, "Value": cluster_id}]
+        aws.call("ec2", "CreateTags", {"Resources": [group_id], "Tags": tags})
+    return cluster_id
 
 
-# Left out of the copy a wheel is built from: environments, caches, results, earlier builds.
+# The tag that ties an SSH security group to the cluster it was made for.
+SSH_GROUP_TAG = "p8:cluster-id"
+
+
+def _check_packaged(bucket: str, aws: Aws) -> None:
+    """The wheel and bootstrap.sh the cluster installs are in the bucket (else exit 1)."""
+    for key in (f"{PREFIX}/{wheel_name()}", f"{PREFIX}/bootstrap.sh"):
+        try:
+            aws.call("s3", "HeadObject", {"Bucket": bucket, "Key": key})
+        except P8Error as exc:
+            if error_code(exc) not in ("404", "NoSuchKey", "NoSuchBucket"):
+                raise
+            raise P8Error(
+                f"s3://{bucket}/{key} not found: run `p8 emr package --bucket {bucket}` first "
+                "(every node installs it at start)"
+            ) from None
+
+
+def _check_roles(request: dict[str, Any], aws: Aws) -> None:
+    """The service role and the instance profile the request names exist (else exit 1)."""
+    checks = [
+        ("GetRole", {"RoleName": request["ServiceRole"]}),
+        ("GetInstanceProfile", {"InstanceProfileName": request["JobFlowRole"]}),
+    ]
+    for operation, params in checks:
+        try:
+            aws.call("iam", operation, params)
+        except P8Error as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+            name = next(iter(params.values()))
+            raise P8Error(
+                f"IAM {name} not found: create EMR's default roles once with "
+                "`aws emr create-default-roles`"
+            ) from None
+
+
+def _ssh_group(spec: ClusterSpec, request: dict[str, Any], aws: Aws) -> str:
+    """A new security group admitting SSH from ``spec.ssh_cidr`` only; its id."""
+    subnets = aws.call("ec2", "DescribeSubnets", {"SubnetIds": [spec.subnet]})
+    vpc = subnets["Subnets"][0]["VpcId"] if subnets else "vpc-FROM-DescribeSubnets"
+    group = aws.call(
+        "ec2",
+        "CreateSecurityGroup",
+        {
+            # Unique: a second cluster of the same name gets its own group.
+            "GroupName": f"{request['Name']}-ssh-{uuid.uuid4().hex[:8]}",
+            "Description": f"SSH to the p8 EMR master from {spec.ssh_cidr} only",
+            "VpcId": vpc,
+        },
+    )
+    group_id = group["GroupId"] if group else "sg-FROM-CreateSecurityGroup"
+    network = ipaddress.ip_network(str(spec.ssh_cidr), strict=False)
+    ranges = (
+        {"IpRanges": [{"CidrIp": str(network), "Description": "p8 ssh"}]}
+        if network.version == 4
+        else {"Ipv6Ranges": [{"CidrIpv6": str(network), "Description": "p8 ssh"}]}
+    )
+    aws.call(
+        "ec2",
+        "AuthorizeSecurityGroupIngress",
+        {
+            "GroupId": group_id,
+            "IpPermissions": [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, **ranges}],
+        },
+    )
+    return str(group_id)
+
+
 _NOT_SOURCE = shutil.ignore_patterns(
     ".git",
     ".venv",
@@ -300,8 +292,10 @@ def build_wheel(dest: Path) -> Path:
 def package(bucket: str, aws: Aws, *, wheel: Path | None = None) -> list[str]:
     """Make the bucket private and encrypted, then upload the wheel, bootstrap.sh, the entry
     script and the notebooks. Returns the s3:// URIs written."""
-    _check_bucket_name(bucket)
-    if wheel is not None and (wheel.name != wheel_name() or not wheel.is_file()):
+    check_bucket_name(bucket)
+    if wheel is not None and not wheel.is_file():
+        raise UsageError(f"--wheel {wheel}: no such file")
+    if wheel is not None and wheel.name != wheel_name():
         raise UsageError(
             f"--wheel {wheel} is not {wheel_name()}, this p8lib's wheel "
             "(`up` and bootstrap.sh install the one of this version)"
@@ -341,37 +335,29 @@ def _read(path: Path, dry_run: bool) -> bytes:
 
 def _private_bucket(bucket: str, aws: Aws) -> None:
     """Create the bucket when missing; block public access and encrypt by default (idempotent)."""
-    from botocore.exceptions import ClientError
-
-    exists = True
     try:
         aws.call("s3", "HeadBucket", {"Bucket": bucket})
     except P8Error as exc:
-        cause = exc.__context__
-        if isinstance(cause, ClientError) and cause.response["Error"]["Code"] in (
-            "404",
-            "NoSuchBucket",
-        ):
-            exists = False
-        else:
+        code = error_code(exc)
+        if code in ("403", "AccessDenied", "Forbidden"):
+            raise P8Error(
+                f"bucket {bucket} exists but these credentials cannot use it (403): another "
+                "account owns that name, or your credentials lack access; choose another --bucket"
+            ) from None
+        if code not in ("404", "NoSuchBucket"):
             raise
-    if not exists:
         params: dict[str, Any] = {"Bucket": bucket}
-        if aws.region and aws.region != "us-east-1":
-            params["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
+        region = aws.region_name()
+        if region and region != "us-east-1":  # the client's own region, wherever it came from
+            params["CreateBucketConfiguration"] = {"LocationConstraint": region}
         aws.call("s3", "CreateBucket", params)
+    block = dict.fromkeys(
+        ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"), True
+    )
     aws.call(
         "s3",
         "PutPublicAccessBlock",
-        {
-            "Bucket": bucket,
-            "PublicAccessBlockConfiguration": {
-                "BlockPublicAcls": True,
-                "IgnorePublicAcls": True,
-                "BlockPublicPolicy": True,
-                "RestrictPublicBuckets": True,
-            },
-        },
+        {"Bucket": bucket, "PublicAccessBlockConfiguration": block},
     )
     aws.call(
         "s3",
@@ -386,17 +372,21 @@ def _private_bucket(bucket: str, aws: Aws) -> None:
 
 
 def step_request(cluster_id: str, bucket: str, args: Sequence[str]) -> dict[str, Any]:
-    """AddJobFlowSteps for ``p8 ARGS`` under spark-submit on YARN (client mode, on the master)."""
+    """AddJobFlowSteps for ``p8 ARGS`` under spark-submit on YARN (client mode, on the master).
+
+    Every value in the step's shell command is quoted.
+    """
     if not args or args[0] not in ("run", "train"):
         raise UsageError(
             "give the p8 command to run after --, e.g. -- run --images s3://... --output s3://..."
         )
+    check_bucket_name(bucket)
     args = list(args)
     if "--master" not in args:
         args[1:1] = ["--master", "yarn"]
     entry = f"/tmp/{ENTRY}"
     script = (
-        f"aws s3 cp s3://{bucket}/{PREFIX}/{ENTRY} {entry} && "
+        f"aws s3 cp {shlex.quote(f's3://{bucket}/{PREFIX}/{ENTRY}')} {entry} && "
         f"spark-submit --master yarn --deploy-mode client {entry} {shlex.join(args)}"
     )
     return {
@@ -411,19 +401,49 @@ def step_request(cluster_id: str, bucket: str, args: Sequence[str]) -> dict[str,
     }
 
 
+def _cluster(cluster_id: str, aws: Aws) -> dict[str, Any] | None:
+    """DescribeCluster's ``Cluster`` (None in a dry run); an unknown id is one line, exit 1."""
+    try:
+        response = aws.call("emr", "DescribeCluster", {"ClusterId": cluster_id})
+    except P8Error as exc:
+        if error_code(exc) != "InvalidRequestException":
+            raise
+        where = aws.region_name() or "the default region"
+        raise P8Error(
+            f"no cluster {cluster_id} in {where}: check --cluster-id (`p8 emr up` printed it) "
+            "and --region"
+        ) from None
+    return response["Cluster"] if response else None
+
+
 def submit(cluster_id: str, bucket: str, args: Sequence[str], aws: Aws) -> str | None:
-    """Add the step; its id (None in a dry run)."""
-    response = aws.call("emr", "AddJobFlowSteps", step_request(cluster_id, bucket, args))
+    """Add the step; its id (None in a dry run). The cluster must be WAITING or RUNNING and an
+    s3:// ``--images`` must hold something."""
+    request = step_request(cluster_id, bucket, args)
+    cluster = _cluster(cluster_id, aws)
+    if cluster is not None and cluster["Status"]["State"] not in ("WAITING", "RUNNING"):
+        raise P8Error(
+            f"cluster {cluster_id} is {cluster['Status']['State']}: steps run on a WAITING or "
+            "RUNNING cluster"
+        )
+    images = list(args)[list(args).index("--images") + 1] if "--images" in args[:-1] else None
+    if images and images.startswith(("s3://", "s3a://")) and not aws.dry_run:
+        from p8lib.s3 import S3Location
+
+        where = S3Location.parse(images)
+        params = {"Bucket": where.bucket, "Prefix": f"{where.prefix}/", "MaxKeys": 1}
+        if not aws.call("s3", "ListObjectsV2", params).get("KeyCount"):
+            raise P8Error(f"--images {images} holds nothing: upload the images first")
+    response = aws.call("emr", "AddJobFlowSteps", request)
     return response["StepIds"][0] if response else None
 
 
 def status(cluster_id: str, aws: Aws) -> list[str]:
     """The cluster's state and its steps' states, one line each."""
-    cluster = aws.call("emr", "DescribeCluster", {"ClusterId": cluster_id})
+    info = _cluster(cluster_id, aws)
     steps = aws.call("emr", "ListSteps", {"ClusterId": cluster_id})
-    if cluster is None:
+    if info is None:
         return []
-    info = cluster["Cluster"]
     state = info["Status"]["State"]
     reason = info["Status"].get("StateChangeReason", {}).get("Message")
     lines = [f"{cluster_id} {info.get('Name', '')}: {state}" + (f" ({reason})" if reason else "")]
@@ -434,9 +454,19 @@ def status(cluster_id: str, aws: Aws) -> list[str]:
     return lines
 
 
-def down(cluster_id: str, aws: Aws) -> None:
-    """Terminate the cluster."""
+def down(cluster_id: str, aws: Aws, *, log: Callable[[str], None] = print) -> None:
+    """Terminate the cluster; once it is terminated, delete the SSH security group `up` made
+    for it (a group cannot go while instances still use it)."""
+    _cluster(cluster_id, aws)
     aws.call("emr", "TerminateJobFlows", {"JobFlowIds": [cluster_id]})
+    filters = [{"Name": f"tag:{SSH_GROUP_TAG}", "Values": [cluster_id]}]
+    groups = aws.call("ec2", "DescribeSecurityGroups", {"Filters": filters})
+    group_ids = [g["GroupId"] for g in (groups or {}).get("SecurityGroups", [])]
+    if group_ids and not aws.dry_run:
+        log(f"waiting for {cluster_id} to terminate, then deleting its SSH security group")
+        aws.client("emr").get_waiter("cluster_terminated").wait(ClusterId=cluster_id)
+    for group_id in group_ids:
+        aws.call("ec2", "DeleteSecurityGroup", {"GroupId": group_id})
 
 
 # On-demand Linux prices in us-east-1 (USD per hour): EC2 instance, and the EMR charge on top.

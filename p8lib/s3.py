@@ -58,7 +58,8 @@ def client(endpoint: str | None = None) -> Any:
         read_timeout=60,
         s3={"addressing_style": "path"} if url else {},
     )
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    # botocore's region rule (AWS_DEFAULT_REGION, else the profile's), as `p8 emr` follows it.
+    region = boto3.session.Session().region_name or "us-east-1"
     return boto3.client("s3", endpoint_url=url, config=config, region_name=region)
 
 

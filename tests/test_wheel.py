@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,10 +40,21 @@ def _p8(p8: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_the_wheel_is_built_outside_the_tree_and_holds_the_resources(tmp_path: Path) -> None:
     import zipfile
 
+    # What an earlier in-tree build left: a module since deleted from p8lib/ must not ship.
+    stale = ROOT / "build" / "lib" / "p8lib" / "ghost.py"
+    made = not stale.parent.exists()
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("GHOST = True\n")
     before = {p.name for p in ROOT.iterdir()}
-    wheel = build_wheel(tmp_path)
+    try:
+        wheel = build_wheel(tmp_path)
+    finally:
+        stale.unlink()
+        if made:
+            shutil.rmtree(ROOT / "build" / "lib" / "p8lib")
     assert {p.name for p in ROOT.iterdir()} == before, "the build left files in the checkout"
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert "p8lib/ghost.py" not in names
     for resource in (
         "notebooks/P8_local.ipynb",
         "notebooks/P8_AWS.ipynb",
