@@ -354,6 +354,7 @@ def train(
     spark: SparkSession | None = None,
     log: Callable[[str], None] | None = None,
     verbose: bool = False,
+    live: bool = False,
     **settings: Any,
 ) -> TrainResult:
     """Fit scaler (+ PCA) + multinomial logistic regression on a ``p8 run``'s features.
@@ -361,7 +362,7 @@ def train(
     ``settings``: the fields of :class:`p8lib.config.TrainConfig` (``features``, ``model``,
     ``test``, ``input``, ``color``, ``k``, …). See :func:`fit`.
     """
-    return fit(TrainConfig(**settings), spark=spark, log=log, verbose=verbose)
+    return fit(TrainConfig(**settings), spark=spark, log=log, verbose=verbose, live=live)
 
 
 def fit(
@@ -370,6 +371,7 @@ def fit(
     spark: SparkSession | None = None,
     log: Callable[[str], None] | None = None,
     verbose: bool = False,
+    live: bool = False,
 ) -> TrainResult:
     """Train for a validated :class:`TrainConfig`; save and evaluate the model.
 
@@ -378,7 +380,7 @@ def fit(
     rows. The model folder gets the PipelineModel, its description, the evaluation and the
     confusion heatmap; it is written whole or not at all.
     """
-    job = Job.start("p8 train", log)
+    job = Job.start("p8 train", log, live=live)
     places = job.locate(
         inputs={"--features": config.features, "--test": config.test},
         output=("--model", config.model),

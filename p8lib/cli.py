@@ -98,6 +98,22 @@ def _spark_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _quiet_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quiet", action="store_true", help="only the summary and errors, no progress lines"
+    )
+
+
+def _reporting(args: argparse.Namespace) -> dict[str, Any]:
+    """Where stage and progress lines go: stderr, redrawn in place in a terminal; none with
+    --quiet."""
+    from p8lib.progress import is_terminal
+
+    if args.quiet:
+        return {"log": None, "live": False}
+    return {"log": _say, "live": is_terminal()}
+
+
 def _types(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
@@ -217,6 +233,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "--mode", choices=MODES, default="error", help="when the output exists (default: error)"
     )
     _spark_options(run)
+    _quiet_option(run)
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -249,6 +266,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "--mode", choices=("error", "overwrite"), default="error", help="when the model exists"
     )
     _spark_options(train)
+    _quiet_option(train)
 
 
 def _predict_parser(sub: argparse._SubParsersAction) -> None:
@@ -261,6 +279,7 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         "--weights", default="imagenet", help="the weights the model's features came from"
     )
     predict.add_argument("--s3-endpoint", help="S3 endpoint URL off AWS (or $AWS_ENDPOINT_URL)")
+    _quiet_option(predict)
 
 
 def _tool_parsers(sub: argparse._SubParsersAction) -> None:
@@ -276,6 +295,7 @@ def _tool_parsers(sub: argparse._SubParsersAction) -> None:
     upload.add_argument("source", help="local folder")
     upload.add_argument("dest", help="s3://bucket/prefix")
     upload.add_argument("--s3-endpoint", help="S3 endpoint URL off AWS (or $AWS_ENDPOINT_URL)")
+    _quiet_option(upload)
 
     sub.add_parser("jars", help="fetch and verify the S3A jars (hadoop-aws, AWS SDK bundle)")
 
@@ -296,7 +316,7 @@ def _tool_parsers(sub: argparse._SubParsersAction) -> None:
 def _cmd_upload(args: argparse.Namespace) -> int:
     from p8lib.s3 import upload
 
-    result = upload(args.source, args.dest, endpoint=args.s3_endpoint, log=_say)
+    result = upload(args.source, args.dest, endpoint=args.s3_endpoint, **_reporting(args))
     print(f"uploaded {result.uploaded} files, skipped {result.skipped} already there")
     return 0
 
@@ -333,7 +353,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from p8lib.config import RunConfig
     from p8lib.pipeline import execute
 
-    result = execute(_settings(RunConfig, args), log=_say, verbose=args.verbose)
+    result = execute(_settings(RunConfig, args), verbose=args.verbose, **_reporting(args))
     print(result.summary())
     return 0
 
@@ -342,7 +362,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from p8lib.classify import fit
     from p8lib.config import TrainConfig
 
-    result = fit(_settings(TrainConfig, args), log=_say, verbose=args.verbose)
+    result = fit(_settings(TrainConfig, args), verbose=args.verbose, **_reporting(args))
     print(result.summary())
     return 0
 
@@ -360,6 +380,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         weights=args.weights,
         top=args.top,
         s3_endpoint=args.s3_endpoint,
+        **_reporting(args),
     )
     for result in results:
         print(json.dumps(result.as_dict()) if args.json else result.line(), flush=True)

@@ -274,11 +274,13 @@ def featurize_column(
     image_size: int = 224,
     batch_size: int = 32,
     counter: Accumulator[int] | None = None,
+    failed: Accumulator[int] | None = None,
 ) -> Column:
     """A column ``struct<features, color array<float>, error string>`` from image bytes.
 
     The weights are broadcast once; each Python worker builds the model on its first batch
-    and keeps it for every later task. ``counter`` counts the images sent through the network.
+    and keeps it for every later task. ``counter`` counts the images sent through the network,
+    ``failed`` those that could not be read or decoded.
     """
     from pyspark.sql import SparkSession
     from pyspark.sql.functions import pandas_udf
@@ -293,8 +295,11 @@ def featurize_column(
         model = cached_model(digest, image_size, lambda: weights_bc.value, suffix)
         for contents in batches:
             out = featurize_batch(model, contents, image_size=image_size, batch_size=batch_size)
+            errors = int(out["error"].notna().sum())
             if counter is not None:
-                counter.add(int(out["error"].isna().sum()))
+                counter.add(len(out) - errors)
+            if failed is not None:
+                failed.add(errors)
             yield out
 
     return featurize_udf(content)

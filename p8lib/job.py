@@ -33,6 +33,7 @@ from py4j.protocol import Py4JJavaError
 from p8lib import __version__, io, outputs, s3
 from p8lib.config import SparkSettings
 from p8lib.errors import P8Error
+from p8lib.progress import POLL_SECONDS, Reporter, duration, watching
 from p8lib.session import INTERRUPTED, build_session, configure_s3, on_emr
 
 if TYPE_CHECKING:
@@ -75,12 +76,17 @@ class Job:
     t0: float
     seconds: dict[str, float] = field(default_factory=dict)
     current: str = "starting"
+    quiet: bool = False  # no log given: no lines, no progress
+    live: bool = False  # progress redrawn in place (a terminal) rather than plain lines
 
     @classmethod
-    def start(cls, command: str, log: Callable[[str], None] | None = None) -> Job:
+    def start(
+        cls, command: str, log: Callable[[str], None] | None = None, *, live: bool = False
+    ) -> Job:
         started = datetime.now(UTC)
         run_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-        return cls(command, log or (lambda _msg: None), run_id, started, time.perf_counter())
+        say = log or (lambda _msg: None)
+        return cls(command, say, run_id, started, time.perf_counter(), quiet=log is None, live=live)
 
     def locate(
         self, *, inputs: dict[str, str | None], output: tuple[str, str], s3_endpoint: str | None
@@ -143,15 +149,33 @@ class Job:
                 ) from None
 
     @contextmanager
-    def stage(self, name: str, message: str) -> Iterator[None]:
-        """Say ``message``, time the block as ``name``; stop here after a Ctrl-C."""
+    def stage(self, name: str, message: str, *, said: bool = True) -> Iterator[None]:
+        """Time the block as ``name``; say ``message`` when it starts and again with its time
+        when it ends (``said=False``: the stage's progress lines say it). Stops here after a
+        Ctrl-C."""
         if INTERRUPTED.is_set():  # Ctrl-C between two Spark jobs: stop before the next one
             raise KeyboardInterrupt
-        self.log(message)
+        if said:
+            self.log(message)
         self.current = message
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
+        if said:
+            self.log(f"{message}: {duration(self.seconds[name])}")
+
+    @contextmanager
+    def progress(
+        self, what: str, total: int, unit: str, read: Callable[[], tuple[int, int]]
+    ) -> Iterator[Reporter]:
+        """Report ``read()`` → (done, failed) against ``total`` while the block runs (see
+        :mod:`p8lib.progress`); the block calls ``finish`` on what it yields."""
+        reporter = Reporter(what, total, unit, log=None if self.quiet else self.log, live=self.live)
+        with watching(reporter, read, every=None if self.quiet else POLL_SECONDS):
+            try:
+                yield reporter
+            finally:
+                reporter.close()
 
     def timings(self) -> dict[str, float]:
         """Each stage's seconds and the total so far."""

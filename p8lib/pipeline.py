@@ -111,15 +111,17 @@ def run(
     spark: SparkSession | None = None,
     log: Callable[[str], None] | None = None,
     verbose: bool = False,
+    live: bool = False,
     **settings: Any,
 ) -> RunResult:
     """Featurize every image under ``images`` and write the results to ``output``.
 
     ``settings``: the fields of :class:`p8lib.config.RunConfig` (``images``, ``output``, ``k``,
     ``mode``, …). ``spark``: a session to use (an EMR kernel's); otherwise one is built for
-    ``master``. ``log`` receives one line per stage.
+    ``master``. ``log`` receives the stage and progress lines; ``live``: progress redrawn in
+    place on stderr (a terminal) instead.
     """
-    return execute(RunConfig(**settings), spark=spark, log=log, verbose=verbose)
+    return execute(RunConfig(**settings), spark=spark, log=log, verbose=verbose, live=live)
 
 
 def execute(
@@ -128,9 +130,10 @@ def execute(
     spark: SparkSession | None = None,
     log: Callable[[str], None] | None = None,
     verbose: bool = False,
+    live: bool = False,
 ) -> RunResult:
     """Run the pipeline for a validated :class:`RunConfig`."""
-    job = Job.start("p8 run", log)
+    job = Job.start("p8 run", log, live=live)
     places = job.locate(
         inputs={"--images": config.images},
         output=("--output", config.output),
@@ -186,13 +189,21 @@ def _stages(
             tasks = input_partitions(n_images, spark)
             images = io.read_images(spark, inputs.listing, partitions=tasks)
             previous = _previous_features(spark, places.output, config, inputs, job.log)
-        with job.stage("featurize", f"featurizing {n_images} images with MobileNetV2"):
-            counter = spark.sparkContext.accumulator(0)
-            # Persisted so the network runs once per image, not once per downstream action.
-            features = _featurize(
-                images, previous, config=config, inputs=inputs, counter=counter
-            ).persist(StorageLevel.MEMORY_AND_DISK)
-            counts = _counts(features)
+        with job.stage("featurize", f"featurizing {n_images} images", said=False):
+            counter, failed = spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0)
+
+            def read() -> tuple[int, int]:  # updated as tasks finish: done (incl. failed), failed
+                return counter.value + failed.value, failed.value
+
+            with job.progress("featurizing", n_images, "images", read) as report:
+                # Persisted so the network runs once per image, not once per downstream action.
+                features = _featurize(
+                    images, previous, config=config, inputs=inputs, counters=(counter, failed)
+                ).persist(StorageLevel.MEMORY_AND_DISK)
+                counts = _counts(features)
+                note = f"{counts.reused:,} reused" if counts.reused else ""
+                todo = counts.images - counts.reused
+                report.finish(todo, counts.failed, total=todo, note=note)
         with job.stage("reduce", "fitting StandardScaler + PCA"):
             reduction = fit_reduce(features, k=config.k, variance=config.variance)
         with job.stage("write", f"writing results to {places.output}"):
@@ -284,7 +295,7 @@ def _featurize(
     *,
     config: RunConfig,
     inputs: _Inputs,
-    counter: Accumulator[int],
+    counters: tuple[Accumulator[int], Accumulator[int]],
 ) -> DataFrame:
     """path, label, size, modification_time, features, color, error, _reused — reusing the
     rows of unchanged images; the others' bytes are read and featurized by the executors."""
@@ -303,7 +314,8 @@ def _featurize(
         suffix=inputs.weights_path.suffix,
         image_size=config.image_size,
         batch_size=config.batch_size,
-        counter=counter,
+        counter=counters[0],
+        failed=counters[1],
     )
     fresh = todo.select(*todo.columns, result.alias("_r")).select(
         *keys, "label", "_r.features", "_r.color", "_r.error", F.lit(False).alias("_reused")

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 from p8lib import io
 from p8lib.artifacts import MODEL_INFO, SPARK_MODEL, Col, ModelInfo
 from p8lib.errors import P8Error, UsageError
+from p8lib.progress import Reporter
 from p8lib.reduce import inverse_std
 
 
@@ -216,13 +217,17 @@ def predict_photos(
     top: int = 3,
     batch_size: int = 32,
     s3_endpoint: str | None = None,
+    log: Callable[[str], None] | None = None,
+    live: bool = False,
 ) -> list[PhotoPrediction]:
     """The ``top`` classes of each photo (jpg, png, … of any size), in the order given.
 
     A photo that cannot be read gets an ``error`` and no classes; the others are unaffected.
-    The weights must be those the training features were computed with.
+    The weights must be those the training features were computed with. Photos go through the
+    network ``batch_size`` at a time; with more than one batch, progress goes to ``log`` (or is
+    redrawn in place with ``live``).
     """
-    from p8lib.featurize import build_model, color_histogram, embed, load_image, resolve_weights
+    from p8lib.featurize import build_model, resolve_weights
 
     if top < 1:
         raise UsageError(f"--top must be positive, got {top}")
@@ -236,25 +241,50 @@ def predict_photos(
             f"{weights_path} is not the weights this model was trained with "
             f"(sha256 {classifier.weights_sha256[:12]}…): pass those with --weights"
         )
+    many = len(photos) > batch_size
+    reporter = Reporter("predicting", len(photos), "photos", log=log if many else None, live=live)
+    ranked: dict[int, list[tuple[str, float]]] = {}
+    errors: dict[int, str] = {}
+    net = None
+    for start in range(0, len(photos), batch_size):
+        batch = list(enumerate(photos))[start : start + batch_size]
+        images, readable = _read_photos(batch, classifier.image_size, errors)
+        if images:
+            net = net or build_model(weights_path, classifier.image_size, threads=os.cpu_count())
+            best = _rank(classifier, net, images, top=top, batch_size=batch_size)
+            ranked.update(zip(readable, best, strict=True))
+        reporter.update(start + len(batch), len(errors))
+    reporter.finish(len(photos), len(errors))
+    return [
+        PhotoPrediction(str(photo), ranked.get(i, []), errors.get(i))
+        for i, photo in enumerate(photos)
+    ]
+
+
+def _read_photos(
+    batch: list[tuple[int, str | Path]], image_size: int, errors: dict[int, str]
+) -> tuple[list[np.ndarray], list[int]]:
+    """The decoded photos of ``batch`` and their indices; the others' errors go to ``errors``."""
+    from p8lib.featurize import load_image
+
     images: list[np.ndarray] = []
     readable: list[int] = []
-    errors: dict[int, str] = {}
-    for i, photo in enumerate(photos):
+    for i, photo in batch:
         try:
-            images.append(load_image(Path(photo).read_bytes(), classifier.image_size))
+            images.append(load_image(Path(photo).read_bytes(), image_size))
             readable.append(i)
         except OSError as exc:
             errors[i] = f"cannot read: {exc.strerror or exc}"
         except ValueError as exc:
             errors[i] = str(exc)[:200]
-    ranked: dict[int, list[tuple[str, float]]] = {}
-    if images:
-        net = build_model(weights_path, classifier.image_size, threads=os.cpu_count())
-        features = embed(net, np.stack(images), batch_size=batch_size)
-        colors = np.stack([color_histogram(im) for im in images]) if classifier.color else None
-        for i, best in zip(readable, classifier.top(features, colors, top), strict=True):
-            ranked[i] = best
-    return [
-        PhotoPrediction(str(photo), ranked.get(i, []), errors.get(i))
-        for i, photo in enumerate(photos)
-    ]
+    return images, readable
+
+
+def _rank(
+    classifier: Classifier, net: Any, images: list[np.ndarray], *, top: int, batch_size: int
+) -> list[list[tuple[str, float]]]:
+    from p8lib.featurize import color_histogram, embed
+
+    features = embed(net, np.stack(images), batch_size=batch_size)
+    colors = np.stack([color_histogram(im) for im in images]) if classifier.color else None
+    return classifier.top(features, colors, top)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from p8lib.errors import P8Error, UsageError
+from p8lib.progress import Reporter
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,12 @@ def upload(
     endpoint: str | None = None,
     workers: int = 8,
     log: Callable[[str], None] | None = None,
+    live: bool = False,
 ) -> UploadResult:
     """Copy the tree under ``source`` to ``dest`` (``s3://bucket/prefix``).
 
     Objects already there with the same size are skipped, so an interrupted upload resumes.
+    Progress (files and bytes) goes to ``log``, or is redrawn in place with ``live``.
     """
     root = Path(source).expanduser()
     if not root.is_dir():
@@ -166,13 +169,18 @@ def upload(
     def put(path: Path) -> None:
         s3.upload_file(str(path), location.bucket, key(path))
 
+    sizes = [p.stat().st_size for p in todo]
+    sent = [0, 0]  # files, bytes
+    to_send = f"{sum(sizes) / 1e6:,.1f} MB to send"
+    reporter = Reporter("uploading", len(todo), "files", log=log, live=live, extra=to_send)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for done, _ in enumerate(pool.map(put, todo), start=1):
-                if log and (done % 500 == 0 or done == len(todo)):
-                    log(f"uploaded {done}/{len(todo)}")
+            for size, _ in zip(sizes, pool.map(put, todo), strict=True):
+                sent[0], sent[1] = sent[0] + 1, sent[1] + size
+                reporter.update(sent[0])
     except Exception as exc:
         raise _explain(exc, location.bucket, endpoint) from None
+    reporter.finish(sent[0], note=f"{sent[1] / 1e6:,.1f} MB")
     return UploadResult(uploaded=len(todo), skipped=len(files) - len(todo))
 
 

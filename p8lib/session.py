@@ -30,7 +30,8 @@ DEFAULT_CONF: dict[str, str] = {
     # One Python worker per core, reused across tasks so the model is built once per worker.
     "spark.python.worker.reuse": "true",
     "spark.sql.shuffle.partitions": "8",
-    "spark.ui.showConsoleProgress": "true",
+    # Spark's stage bars ([Stage 6:==> (1 + 2) / 4]) only with --verbose: p8 says its progress.
+    "spark.ui.showConsoleProgress": "false",
 }
 
 
@@ -227,7 +228,9 @@ def build_session(
         settings["spark.driver.host"] = "127.0.0.1"
         settings["spark.driver.bindAddress"] = "127.0.0.1"
         settings["spark.driver.memory"] = "4g"
-    if not verbose:
+    if verbose:
+        settings["spark.ui.showConsoleProgress"] = "true"
+    else:
         settings["spark.driver.extraJavaOptions"] = (
             f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"
         )

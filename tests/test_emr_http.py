@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 from helpers import p8
 from motoserver import REGION, MotoServer
@@ -38,11 +39,14 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
 
 @pytest.fixture()
 def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    """A fresh account on the server; this process's boto3 talks to it too."""
+    """A fresh account on the server; this process's boto3 talks to it too — through a default
+    session of its own: boto3 caches the credentials it resolves in its default session, and
+    the other tests' S3 server takes other ones."""
     moto.reset()
     for key, value in moto.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
     return moto
 
 
@@ -284,6 +288,7 @@ def test_weights_must_carry_the_name_keras_looks_for(aws: MotoServer) -> None:
 def test_one_region_rule_for_every_client(monkeypatch: pytest.MonkeyPatch) -> None:
     """Case 2: botocore's rule (AWS_DEFAULT_REGION, else the profile) everywhere; AWS_REGION,
     which botocore 1.35 does not read, is not read by p8 either."""
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # see the `aws` fixture
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
     monkeypatch.setenv("AWS_REGION", "us-west-2")
