@@ -1,4 +1,4 @@
-"""Images in (binaryFile, labels from folders), results out (parquet, files), URIs.
+"""Images in (listed on the driver, read by the executors; labels from folders), results out.
 
 Every file operation goes through Hadoop's FileSystem API in the driver's JVM, so the same code
 works on the local disk, on S3 through S3A and on EMR through EMRFS.
