@@ -426,12 +426,14 @@ def submit(cluster_id: str, bucket: str, args: Sequence[str], aws: Aws) -> str |
             f"cluster {cluster_id} is {cluster['Status']['State']}: steps run on a WAITING or "
             "RUNNING cluster"
         )
-    images = list(args)[list(args).index("--images") + 1] if "--images" in args[:-1] else None
+    args = list(args)
+    images = args[args.index("--images") + 1] if "--images" in args[:-1] else None
     if images and images.startswith(("s3://", "s3a://")) and not aws.dry_run:
         from p8lib.s3 import S3Location
 
         where = S3Location.parse(images)
-        params = {"Bucket": where.bucket, "Prefix": f"{where.prefix}/", "MaxKeys": 1}
+        prefix = f"{where.prefix}/" if where.prefix else ""  # a bucket root: any key
+        params = {"Bucket": where.bucket, "Prefix": prefix, "MaxKeys": 1}
         if not aws.call("s3", "ListObjectsV2", params).get("KeyCount"):
             raise P8Error(f"--images {images} holds nothing: upload the images first")
     response = aws.call("emr", "AddJobFlowSteps", request)

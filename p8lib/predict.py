@@ -246,8 +246,9 @@ def predict_photos(
     ranked: dict[int, list[tuple[str, float]]] = {}
     errors: dict[int, str] = {}
     net = None
+    indexed = list(enumerate(photos))
     for start in range(0, len(photos), batch_size):
-        batch = list(enumerate(photos))[start : start + batch_size]
+        batch = indexed[start : start + batch_size]
         images, readable = _read_photos(batch, classifier.image_size, errors)
         if images:
             net = net or build_model(weights_path, classifier.image_size, threads=os.cpu_count())

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from p8lib import io, plots
-from p8lib.artifacts import FIGURE_KEY, PARQUET
+from p8lib.artifacts import FIGURE_KEY
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,7 +49,7 @@ def read_results(
     spark: SparkSession, result: RunResult, *, columns: tuple[str, ...] | None = None
 ) -> pd.DataFrame:
     """The run's parquet table (``columns`` of it) as pandas, sorted by path."""
-    table = spark.read.parquet(f"{result.output}/{PARQUET}")
+    table = spark.read.parquet(result.parquet)
     if columns is not None:
         table = table.select(*columns)
     rows: Any = table.toPandas()
@@ -60,7 +60,7 @@ def first_rows(spark: SparkSession, result: RunResult, *, n: int = 5) -> pd.Data
     """The first ``n`` rows by path: path, label, features and pca_features (their first values
     and length, to read as text), error."""
     columns = ("path", "label", "features", "pca_features", "error")
-    table = spark.read.parquet(f"{result.output}/{PARQUET}").select(*columns)
+    table = spark.read.parquet(result.parquet).select(*columns)
     rows: Any = table.orderBy("path").limit(n).toPandas()
     for column in ("features", "pca_features"):
         rows[column] = rows[column].map(_short)
