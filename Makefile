@@ -14,7 +14,7 @@ DEMO_OUT := results/sample
 S3_DIR := .cache/s3
 S3_PORT ?= 8333
 BENCH_SIZES ?= 2000,8000,0
-.PHONY: help install jars s3 demo sample notebooks bench cluster cluster-stop classifier test lint format clean
+.PHONY: help install jars s3 demo sample notebooks bench bench-cluster bench-listing cluster cluster-stop classifier test lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,12 @@ notebooks: sample ## execute notebooks/P8_local.ipynb into results/ (and P8_AWS.
 
 bench: install ## measure img/s, stage times, peak memory vs the bare model (BENCH_SIZES=2000,8000,0; 0 = all of $FRUITS360_DIR/Test)
 	$(BIN)/python benchmarks/bench.py --sizes $(BENCH_SIZES) --out results/bench.json
+
+bench-cluster: install ## the same 2,000 images on a standalone cluster of 1 then 2 one-core workers: speed-up
+	$(BIN)/python benchmarks/bench_scale.py cluster --n 2000
+
+bench-listing: install ## p8 run --dry-run on 200,000 image files (hard links): seconds and peak memory
+	$(BIN)/python benchmarks/bench_scale.py listing --n 200000
 
 cluster: install ## start a Spark standalone master + 2 workers on 127.0.0.1 (pyspark's spark-class)
 	$(BIN)/python -m p8lib.cluster start --dir .cache/cluster --workers 2

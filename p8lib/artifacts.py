@@ -125,6 +125,7 @@ class RunManifest:
     inference_images: int
     spark: dict[str, Any]
     versions: dict[str, str]
+    plan: dict[str, Any] = field(default_factory=dict)  # the featurize stage's tasks (plan.Plan)
     format_version: int = FORMAT_VERSION
 
     @property

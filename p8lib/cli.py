@@ -232,6 +232,16 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--mode", choices=MODES, default="error", help="when the output exists (default: error)"
     )
+    run.add_argument(
+        "--partitions",
+        type=_whole_number,
+        help="featurize in exactly N tasks (default: planned from the cores the job can get)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the input and print the plan, time and cost; featurize and write nothing",
+    )
     _spark_options(run)
     _quiet_option(run)
 
@@ -351,8 +361,12 @@ def _settings(cls: type[S], args: argparse.Namespace) -> S:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from p8lib.config import RunConfig
-    from p8lib.pipeline import execute
+    from p8lib.pipeline import dry_run, execute
 
+    if args.dry_run:
+        for line in dry_run(_settings(RunConfig, args)):
+            print(line)
+        return 0
     result = execute(_settings(RunConfig, args), verbose=args.verbose, **_reporting(args))
     print(result.summary())
     return 0

@@ -97,20 +97,7 @@ class LocalCluster:
             + ["--webui-port", str(self.ui_port)],
         )
         for i in range(self.workers):
-            work = self.folder / f"worker-{i}"
-            work.mkdir(parents=True, exist_ok=True)
-            self._spawn(
-                f"worker-{i}",
-                [WORKER_CLASS, self.url, "--host", "127.0.0.1", "--cores", str(self.cores)]
-                + [
-                    "--memory",
-                    self.memory,
-                    "--webui-port",
-                    str(free_port()),
-                    "--work-dir",
-                    str(work),
-                ],
-            )
+            self.add_worker(i)
         (self.folder / "cluster.json").write_text(json.dumps(self.describe(), indent=2))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -121,6 +108,16 @@ class LocalCluster:
             time.sleep(0.5)
         self.stop()
         raise P8Error(f"the Spark cluster did not start in {timeout:.0f} s: see {self.folder}/logs")
+
+    def add_worker(self, i: int) -> None:
+        """Start worker ``i`` (``worker-i``; its executors' logs under that folder)."""
+        work = self.folder / f"worker-{i}"
+        work.mkdir(parents=True, exist_ok=True)
+        self._spawn(
+            f"worker-{i}",
+            [WORKER_CLASS, self.url, "--host", "127.0.0.1", "--cores", str(self.cores)]
+            + ["--memory", self.memory, "--webui-port", str(free_port()), "--work-dir", str(work)],
+        )
 
     def state(self) -> dict[str, Any]:
         """The master's JSON status (workers, applications), or {} while it is not up."""

@@ -109,6 +109,7 @@ class RunConfig(PcaSettings, SparkSettings):
     image_size: int = 224
     batch_size: int = 32
     mode: Mode = "error"
+    partitions: int | None = None  # featurize tasks; None: planned from the capacity (plan.py)
 
     def __post_init__(self) -> None:
         _check_uri("images", self.images, "the folder or URI that holds the images")
@@ -118,6 +119,8 @@ class RunConfig(PcaSettings, SparkSettings):
             raise UsageError(f"--image-size must be at least 32, got {self.image_size}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.partitions is not None and self.partitions < 1:
+            raise UsageError(f"--partitions must be positive, got {self.partitions}")
         if self.mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.glob is not None and not self.glob.strip():

@@ -497,6 +497,32 @@ STARTUP_HOURS = 0.2
 RATE_PER_VCPU = 40.0
 
 
+# On an EMR node: the cluster's instance groups (EMR writes this file on every node).
+JOB_FLOW_INFO = Path("/mnt/var/lib/info/job-flow.json")
+
+
+def this_cluster(info: Path = JOB_FLOW_INFO) -> dict[str, Any] | None:
+    """The running cluster's shape for :func:`cost` (core/task type and count, spot), read from
+    EMR's ``job-flow.json``; None when it can't be read or a type has no price here."""
+    try:
+        data = json.loads(info.read_text())
+        groups = data.get("instanceGroups") or []
+        workers = [g for g in groups if str(g.get("instanceRole", "")).upper() in ("CORE", "TASK")]
+        if workers:
+            kind = workers[0]["instanceType"]
+            count = sum(int(g.get("requestedInstanceCount", 0)) for g in workers)
+            spot = any(str(g.get("marketType", "")).upper() == "SPOT" for g in workers)
+        else:
+            kind, count, spot = data["slaveInstanceType"], int(data["instanceCount"]) - 1, False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    master = data.get("masterInstanceType")
+    if kind not in PRICES or count < 1:
+        return None
+    shape = {"core_type": kind, "core_count": count, "spot": spot}
+    return shape | ({"master_type": master} if master in PRICES else {})
+
+
 @dataclass(frozen=True)
 class Cost:
     """An estimate: hours billed and dollars, with the lines that make it up."""

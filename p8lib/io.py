@@ -329,11 +329,3 @@ def _read_or_none(path: str, endpoint: str | None, s3_client: Any) -> bytes | No
         return read_file(path, endpoint=endpoint, s3_client=s3_client)
     except Exception:  # moved or deleted since it was listed, unreadable: an error row
         return None
-
-
-def preview_images(
-    uri: str, *, n: int = 12, glob: str | None = None, s3_endpoint: str | None = None
-) -> list[tuple[bytes, str]]:
-    """The first ``n`` images under ``uri`` (by path) as ``(bytes, label)``, for a grid."""
-    files = list_images(uri, glob=glob, s3_endpoint=s3_endpoint).files[:n]
-    return [(read_file(f.path, endpoint=s3_endpoint), f.label) for f in files]

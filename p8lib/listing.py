@@ -143,7 +143,8 @@ class Listing:
         if self.skipped:
             why = "not images" if self.glob is None else f"not matching --glob {self.glob!r}"
             kinds = ", ".join(f"{ext} {n}" for ext, n in self.skipped.most_common())
-            out.append(f"{sum(self.skipped.values())} files skipped ({why}: {kinds})")
+            n = sum(self.skipped.values())
+            out.append(f"{n} file{'s' if n != 1 else ''} skipped ({why}: {kinds})")
         if self.hidden:
             out.append(f"{self.hidden} hidden files or folders skipped (names starting with '.')")
         if self.symlink_loops:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p8lib import io, plots
+from p8lib import io, plan, plots
 from p8lib.artifacts import (
     FEATURE_DIM,
     MANIFEST,
@@ -28,8 +29,10 @@ from p8lib.config import RunConfig
 from p8lib.errors import UsageError
 from p8lib.featurize import COLOR_DESCRIPTOR, featurize_column, resolve_weights
 from p8lib.job import Job, Places, versions, write_json
-from p8lib.listing import IMAGE_EXTENSIONS, Listing
+from p8lib.listing import IMAGE_EXTENSIONS, Listing, extension
+from p8lib.progress import duration
 from p8lib.reduce import Reduction, fit_reduce, max_k
+from p8lib.session import on_emr
 
 if TYPE_CHECKING:
     from pyspark import Accumulator
@@ -153,9 +156,35 @@ def execute(
     return RunResult(manifest, notes=inputs.listing.notes())
 
 
-def _gather(config: RunConfig, places: Places) -> _Inputs:
-    """The input listing and the weights: both before Spark starts."""
-    images_uri = places.inputs["--images"]
+def dry_run(config: RunConfig) -> list[str]:
+    """What ``p8 run`` would do, from the listing alone: images by extension, files skipped
+    and why, the featurize plan, the time and, for EMR, the cost. Nothing is read or written."""
+    from p8lib import emr
+
+    images_uri = io.normalize_uri(config.images, emr=on_emr())
+    listing = _listing(config, images_uri)
+    n = len(listing.files)
+    found = Counter(extension(f.path) for f in listing.files)
+    capacity = plan.before_session(config.master, config.spark_conf)
+    tasks = plan.plan(n, capacity, partitions=config.partitions)
+    hours = plan.hours(tasks)
+    shape = emr.this_cluster() if on_emr() else None
+    estimate = emr.cost(images=n, **(shape or {}))
+    where = "this EMR cluster" if shape else "EMR's default cluster (1 + 2 × m5.xlarge, spot)"
+    by_extension = ", ".join(f"{e} {c:,}" for e, c in found.most_common())
+    return [
+        f"{n:,} images under {images_uri} ({by_extension})",
+        *(listing.notes() or ["no files skipped"]),
+        f"plan: {tasks.describe()}",
+        f"time: ~{duration(hours * 3600)} featurizing on {tasks.cores:,} cores at "
+        f"{plan.IMAGES_PER_CORE_SECOND:g} images/s per core (measured by make bench)",
+        f"cost on {where}: ~{estimate.hours:.2f} h, ${estimate.dollars:.2f} (p8 emr cost's model)",
+        "dry run: nothing featurized or written",
+    ]
+
+
+def _listing(config: RunConfig, images_uri: str) -> Listing:
+    """The image files under ``images_uri``, checked: enough for PCA and ``--k``."""
     if io.scheme(images_uri) == "file":
         local = io.local_path(images_uri)
         if not local.exists():
@@ -166,6 +195,12 @@ def _gather(config: RunConfig, places: Places) -> _Inputs:
             )
     listing = io.list_images(images_uri, glob=config.glob, s3_endpoint=config.s3_endpoint)
     _check_listing(listing, config)
+    return listing
+
+
+def _gather(config: RunConfig, places: Places) -> _Inputs:
+    """The input listing and the weights: both before Spark starts."""
+    listing = _listing(config, places.inputs["--images"])
     weights_path = resolve_weights(config.weights)
     weights = weights_path.read_bytes()
     return _Inputs(listing, weights_path, weights, hashlib.sha256(weights).hexdigest())
@@ -186,9 +221,10 @@ def _stages(
     n_images, features = len(inputs.listing.files), None
     try:
         with job.stage("read", f"listing {n_images} images under {places.inputs['--images']}"):
-            tasks = input_partitions(n_images, spark)
-            images = io.read_images(spark, inputs.listing, partitions=tasks)
+            tasks = plan.plan(n_images, plan.of_session(spark), partitions=config.partitions)
+            images = io.read_images(spark, inputs.listing, partitions=tasks.tasks)
             previous = _previous_features(spark, places.output, config, inputs, job.log)
+        job.log(f"plan: {tasks.describe()}")
         with job.stage("featurize", f"featurizing {n_images} images", said=False):
             counter, failed = spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0)
 
@@ -211,25 +247,12 @@ def _stages(
         manifest = _manifest(
             spark, job, config, places, inputs, counts=counts, reduction=reduction, inferred=counter
         )
+        manifest = dataclasses.replace(manifest, plan=tasks.as_dict())
         write_json(spark, f"{staged}/{MANIFEST}", manifest)
     finally:
         if features is not None:
             features.unpersist()
     return manifest
-
-
-def input_partitions(n_images: int, spark: SparkSession) -> int:
-    """How many tasks to featurize ``n_images`` in: at least 256 images each, up to 16 per core.
-
-    Examples
-    --------
-    >>> from types import SimpleNamespace as NS
-    >>> spark = NS(sparkContext=NS(defaultParallelism=2))
-    >>> [input_partitions(n, spark) for n in (34, 2000, 8000, 23619)]
-    [2, 7, 31, 32]
-    """
-    cores = spark.sparkContext.defaultParallelism
-    return max(cores, min(16 * cores, n_images // 256))
 
 
 def _counts(features: DataFrame) -> Counts:

@@ -33,27 +33,21 @@ if TYPE_CHECKING:
     from p8lib.pipeline import RunResult
 
 
+SCATTER_POINTS = 5_000  # the scatter plot's sample: enough to see the classes, never a table
+
+
 def sample_images(
+    spark: SparkSession,
     result: RunResult,
     *,
     n: int = 12,
     s3_endpoint: str | None = None,
     figure: plots.MakeFigure | None = None,
 ) -> Figure:
-    """The first ``n`` input images (by path) with their labels."""
-    images = io.preview_images(result.manifest.inputs.images, n=n, s3_endpoint=s3_endpoint)
+    """The first ``n`` images of the results (by path) with their labels: ``n`` rows read."""
+    rows = spark.read.parquet(result.parquet).select("path", "label").orderBy("path").limit(n)
+    images = [(io.read_file(r["path"], endpoint=s3_endpoint), r["label"]) for r in rows.collect()]
     return plots.image_grid_figure(images, figure=figure)
-
-
-def read_results(
-    spark: SparkSession, result: RunResult, *, columns: tuple[str, ...] | None = None
-) -> pd.DataFrame:
-    """The run's parquet table (``columns`` of it) as pandas, sorted by path."""
-    table = spark.read.parquet(result.parquet)
-    if columns is not None:
-        table = table.select(*columns)
-    rows: Any = table.toPandas()
-    return rows.sort_values("path").reset_index(drop=True)
 
 
 def first_rows(spark: SparkSession, result: RunResult, *, n: int = 5) -> pd.DataFrame:
@@ -93,13 +87,21 @@ def explained_variance(result: RunResult, *, figure: plots.MakeFigure | None = N
 
 
 def pca_scatter(
-    spark: SparkSession, result: RunResult, *, figure: plots.MakeFigure | None = None
+    spark: SparkSession,
+    result: RunResult,
+    *,
+    points: int = SCATTER_POINTS,
+    figure: plots.MakeFigure | None = None,
 ) -> Figure:
-    """Every featurized image on the first two principal components, coloured by label."""
-    table = read_results(spark, result, columns=("path", "label", "pca_features", "error"))
-    good = table[table["error"].isna()]
-    points = np.stack(good["pca_features"])
-    return plots.pca_scatter_figure(points, good["label"].tolist(), figure=figure)
+    """Featurized images on the first two principal components, coloured by label: all of
+    them up to ``points``, else that many, spread over the table (the same ones each time)."""
+    from pyspark.sql import functions as F
+
+    table = spark.read.parquet(result.parquet).where(F.col("error").isNull())
+    chosen = table.orderBy(F.xxhash64("path")).limit(points)
+    rows: Any = chosen.select("label", F.slice("pca_features", 1, 2).alias("xy")).toPandas()
+    xy = np.stack(rows["xy"]) if len(rows) else np.zeros((0, 2))
+    return plots.pca_scatter_figure(xy, rows["label"].tolist(), figure=figure)
 
 
 def counts(result: RunResult) -> pd.DataFrame:
@@ -118,7 +120,7 @@ def views(
     yield (
         "images",
         "Sample images",
-        lambda: sample_images(result, n=sample_size, s3_endpoint=s3_endpoint),
+        lambda: sample_images(spark, result, n=sample_size, s3_endpoint=s3_endpoint),
     )
     yield "rows", "Features (first rows)", lambda: first_rows(spark, result)
     yield "explained_variance", "Explained variance", lambda: explained_variance(result)

@@ -109,3 +109,34 @@ def test_a_worker_killed_during_featurization(cluster, fruits_dir, tmp_path) -> 
     # Counted from the rows written: the retried tasks' images are not counted twice.
     counts = json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]
     assert counts["images"] == counts["featurized"] == n_files and counts["failed"] == 0
+
+
+def test_workers_that_register_after_the_plan_all_get_tasks(fruits_dir, tmp_path) -> None:
+    """On a cluster manager executors come after the job is planned (YARN with dynamic
+    allocation, a standalone cluster whose workers start late): the plan must leave work for
+    them. Here the master runs alone until p8 has planned the featurize stage."""
+    images = tmp_path / "images"
+    for name in sorted(p.name for p in (fruits_dir / "Test").iterdir())[:4]:
+        shutil.copytree(fruits_dir / "Test" / name, images / name)
+    late = LocalCluster(tmp_path / "cluster", workers=0, cores=1, memory="3g").start()
+    try:
+        log_path = tmp_path / "driver.log"
+        with log_path.open("w") as log:
+            proc = _p8_run(images, tmp_path / "out", late.url, stderr=log)
+            deadline = time.monotonic() + 120
+            while "p8: plan:" not in log_path.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, log_path.read_text()
+                time.sleep(0.2)
+            assert not late.state().get("workers"), "no worker before the plan"
+            for i in range(2):
+                late.add_worker(i)
+            proc.communicate(timeout=600)
+        text = log_path.read_text()
+        assert proc.returncode == 0, text[-3000:]
+        assert "defaultParallelism when planned" in text  # no executor yet
+        for i in range(2):
+            logs = list((late.folder / f"worker-{i}").glob("app-*/*/stderr"))
+            ran = sum(p.read_text(errors="replace").count("Running task") for p in logs)
+            assert ran >= 1, f"worker-{i} ran no task"
+    finally:
+        late.stop()
