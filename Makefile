@@ -14,6 +14,9 @@ DEMO_OUT := results/sample
 S3_DIR := .cache/s3
 S3_PORT ?= 8333
 BENCH_SIZES ?= 2000,8000,0
+# `make classifier PRECISION=int8`: both runs calibrated on the same images (Training-subset).
+PRECISION ?= fp32
+PRECISION_ARGS := --precision $(PRECISION)$(if $(filter int8,$(PRECISION)), --calibration "$(FRUITS360_DIR)/Training-subset")
 .PHONY: help install jars s3 demo sample notebooks bench bench-cluster bench-listing cluster cluster-stop classifier test lint format clean
 
 help: ## list the targets
@@ -49,7 +52,7 @@ notebooks: sample ## execute notebooks/P8_local.ipynb into results/ (and P8_AWS.
 	@if [ -n "$$AWS_IMAGES" ]; then $(BIN)/p8 notebook P8_AWS --results results -p images "$$AWS_IMAGES" -p output "$${AWS_OUTPUT:-$$AWS_IMAGES-results}" $${AWS_ENDPOINT_URL:+-p s3_endpoint $$AWS_ENDPOINT_URL}; fi
 
 bench: install ## measure img/s, stage times, peak memory vs the bare model (BENCH_SIZES=2000,8000,0; 0 = all of $FRUITS360_DIR/Test)
-	$(BIN)/python benchmarks/bench.py --sizes $(BENCH_SIZES) --out results/bench.json
+	$(BIN)/python benchmarks/bench.py --sizes $(BENCH_SIZES) --out results/bench.json --run-args '$(PRECISION_ARGS)'
 
 bench-cluster: install ## the same 2,000 images on a standalone cluster of 1 then 2 one-core workers: speed-up
 	$(BIN)/python benchmarks/bench_scale.py cluster --n 2000
@@ -63,9 +66,9 @@ cluster: install ## start a Spark standalone master + 2 workers on 127.0.0.1 (py
 cluster-stop: ## stop the cluster that `make cluster` started (by pid)
 	$(BIN)/python -m p8lib.cluster stop --dir .cache/cluster
 
-classifier: install ## featurize Training-subset and Test, train and evaluate the classifier (results/)
-	$(BIN)/p8 run --images "$$FRUITS360_DIR/Training-subset" --output results/features-train --mode overwrite
-	$(BIN)/p8 run --images "$$FRUITS360_DIR/Test" --output results/features-test --mode overwrite
+classifier: install ## featurize Training-subset and Test, train and evaluate the classifier (results/; PRECISION=fp32|bf16|int8)
+	$(BIN)/p8 run --images "$$FRUITS360_DIR/Training-subset" --output results/features-train --mode overwrite $(PRECISION_ARGS)
+	$(BIN)/p8 run --images "$$FRUITS360_DIR/Test" --output results/features-test --mode overwrite $(PRECISION_ARGS)
 	$(BIN)/p8 train --features results/features-train --test results/features-test --model results/model --mode overwrite
 
 test: install ## run the test suite (needs FRUITS360_DIR; offline with KERAS_HOME seeded)

@@ -5,9 +5,11 @@
 For each size N (0 = every image) it links the first N images (sorted by path) into a temp
 folder, runs `p8 run` there in a subprocess while sampling the resident memory of its process
 tree (driver JVM, Python driver, Python workers), and reads the per-stage seconds from the run
-manifest. The bare model is Keras `predict` on already-decoded 224x224 batches of 64, in one
-process using every core, with the same weights, measured right before and after each run
-(the ratio uses their mean). Numbers are measured, never asserted.
+manifest. The bare engines run on already-decoded 224x224 images in one process using every
+core, with the same weights: OpenVINO (the IR p8 runs, at the run's --precision; THROUGHPUT
+hint, AsyncInferQueue, batches of 32) and Keras `predict` (batches of 64). Both are measured
+right before and after each run (the ratios use their mean). Numbers are measured, never
+asserted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,19 +42,68 @@ class BareModel:
     each pipeline run, and that run's ratio uses the mean of the two.
     """
 
-    def __init__(self, image_dir: Path, *, image_size: int = 224, n: int = 1280) -> None:
-        from p8lib.featurize import build_model, embed, load_image, resolve_weights
+    def __init__(self, images: np.ndarray, *, image_size: int = 224) -> None:
+        from p8lib.featurize import build_model, embed, resolve_weights
 
         self.embed = embed
         self.model = build_model(resolve_weights("imagenet"), image_size, threads=os.cpu_count())
-        files = sorted(image_dir.rglob("*.jpg"))[:n]
-        self.images = np.stack([load_image(f.read_bytes(), image_size) for f in files])
+        self.images = images
         embed(self.model, self.images[:64])  # warm-up: graph building, allocations
 
     def images_per_second(self) -> float:
         start = time.perf_counter()
         self.embed(self.model, self.images, batch_size=64)
         return len(self.images) / (time.perf_counter() - start)
+
+
+class BareOpenVino:
+    """OpenVINO on the same decoded batches (32), all cores, one process: the THROUGHPUT hint
+    and an AsyncInferQueue keeping every stream busy; the IR p8 runs, at ``precision``."""
+
+    def __init__(self, images: np.ndarray, *, precision: str, image_size: int = 224) -> None:
+        import hashlib
+
+        import openvino as ov
+
+        from p8lib import engine
+        from p8lib.featurize import resolve_weights
+
+        weights = resolve_weights("imagenet")
+        calibration = engine.Calibration(
+            {"source": "bench", "sha256": hashlib.sha256(images[:300].tobytes()).hexdigest()},
+            lambda: images[:300],
+        )
+        network = engine.prepare(
+            engine="openvino",
+            precision=precision,
+            weights_path=weights,
+            weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
+            image_size=image_size,
+            calibration=calibration,
+        )
+        core = ov.Core()
+        tensor = ov.Tensor(np.frombuffer(network.files["model.bin"], dtype=np.uint8))
+        model = core.read_model(model=network.files["model.xml"].decode(), weights=tensor)
+        hint = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}[precision]
+        config = {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": hint}
+        self.queue = ov.AsyncInferQueue(core.compile_model(model, "CPU", config))
+        self.images = images
+        self.images_per_second()  # warm-up
+
+    def images_per_second(self) -> float:
+        start = time.perf_counter()
+        for i in range(0, len(self.images), 32):
+            self.queue.start_async({0: self.images[i : i + 32]})
+        self.queue.wait_all()
+        return len(self.images) / (time.perf_counter() - start)
+
+
+def decoded(image_dir: Path, *, n: int = 1280, image_size: int = 224) -> np.ndarray:
+    """The first ``n`` images decoded and resized, as the workers do."""
+    from p8lib.featurize import load_image
+
+    files = sorted(image_dir.rglob("*.jpg"))[:n]
+    return np.stack([load_image(f.read_bytes(), image_size) for f in files])
 
 
 def _tree_rss(pid: int) -> dict[str, int]:
@@ -136,6 +188,40 @@ def link_first(source: Path, n: int, dest: Path) -> int:
     return len(files)
 
 
+def _option(args: list[str], name: str, default: str) -> str:
+    return args[args.index(name) + 1] if name in args else default
+
+
+def _row(
+    n: int, measured: dict[str, Any], before: tuple[float, float], after: tuple[float, float]
+) -> dict[str, Any]:
+    """One size's line: the run against the mean of the bare engines before and after it."""
+    manifest = measured.pop("manifest")
+    assert isinstance(manifest, RunManifest)
+    seconds, wall = manifest.seconds, measured["wall_seconds"]
+    openvino, keras = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+    return {
+        "images": n,
+        "wall_seconds": wall,
+        "pipeline_seconds": seconds["total"],
+        "stage_seconds": {k: v for k, v in seconds.items() if k != "total"},
+        "images_per_second": round(n / wall, 1),
+        "featurize_images_per_second": round(n / seconds["featurize"], 1),
+        "bare_openvino_images_per_second": round(openvino, 1),
+        "bare_keras_images_per_second": round(keras, 1),
+        "bare_before_after": [[round(v, 1) for v in before], [round(v, 1) for v in after]],
+        "ratio_to_bare_openvino": round(n / wall / openvino, 3),
+        "ratio_to_bare_keras": round(n / wall / keras, 3),
+        "featurize_ratio_to_bare_openvino": round(n / seconds["featurize"] / openvino, 3),
+        "core_ms_per_image": round(1000 * wall * (os.cpu_count() or 1) / n, 2),
+        "peak_rss_gb": measured["peak_rss_gb"],
+        "k": manifest.pca.k,
+        "featurized": manifest.counts.featurized,
+        "network": manifest.network,
+        "plan": manifest.plan,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_images = Path(os.environ.get("FRUITS360_DIR", "")) / "Test"
@@ -149,39 +235,28 @@ def main() -> int:
         parser.error(f"no images at {args.images}: set FRUITS360_DIR or pass --images")
     sizes = [args.limit] if args.limit else [int(s) for s in args.sizes.split(",")]
 
-    bare_model = BareModel(args.images)
+    images = decoded(args.images)
+    precision = _option(shlex.split(args.run_args), "--precision", "fp32")
+    bare_keras, bare_openvino = BareModel(images), BareOpenVino(images, precision=precision)
+    # The converted network is cached on first use: convert it before anything is timed.
+    (ROOT / "results").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ROOT / "results") as tmp:
+        warm = Path(tmp) / "images"
+        link_first(args.images, 64, warm)
+        run_pipeline(warm, Path(tmp) / "out", [*shlex.split(args.run_args), "--k", "2"])
     rows = []
     for size in sizes:
-        bare_before = bare_model.images_per_second()
+        before = bare_openvino.images_per_second(), bare_keras.images_per_second()
         (ROOT / "results").mkdir(exist_ok=True)
         with tempfile.TemporaryDirectory(dir=ROOT / "results") as tmp:
-            images = Path(tmp) / "images"
-            n = link_first(args.images, size, images)
-            measured = run_pipeline(images, Path(tmp) / "out", args.run_args.split())
-        bare_after = bare_model.images_per_second()
-        bare = (bare_before + bare_after) / 2
-        print(f"bare model: {bare_before:.1f} before, {bare_after:.1f} after", flush=True)
-        manifest = measured.pop("manifest")
-        assert isinstance(manifest, RunManifest)
-        seconds = manifest.seconds
-        row = {
-            "images": n,
-            "wall_seconds": measured["wall_seconds"],
-            "pipeline_seconds": seconds["total"],
-            "stage_seconds": {k: v for k, v in seconds.items() if k != "total"},
-            "images_per_second": round(n / measured["wall_seconds"], 1),
-            "featurize_images_per_second": round(n / seconds["featurize"], 1),
-            "bare_model_images_per_second": round(bare, 1),
-            "bare_model_before_after": [round(bare_before, 1), round(bare_after, 1)],
-            "ratio_to_bare_model": round(n / measured["wall_seconds"] / bare, 3),
-            "featurize_ratio_to_bare_model": round(n / seconds["featurize"] / bare, 3),
-            "core_ms_per_image": round(1000 * measured["wall_seconds"] * os.cpu_count() / n, 2),
-            "peak_rss_gb": measured["peak_rss_gb"],
-            "k": manifest.pca.k,
-            "featurized": manifest.counts.featurized,
-        }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+            linked = Path(tmp) / "images"
+            n = link_first(args.images, size, linked)
+            measured = run_pipeline(linked, Path(tmp) / "out", shlex.split(args.run_args))
+        after = bare_openvino.images_per_second(), bare_keras.images_per_second()
+        bare = f"bare OpenVINO {before[0]:.0f} → {after[0]:.0f}"
+        print(f"{bare}, Keras {before[1]:.0f} → {after[1]:.0f} img/s", flush=True)
+        rows.append(_row(n, measured, before, after))
+        print(json.dumps(rows[-1]), flush=True)
 
     report = {
         "machine": {
@@ -194,16 +269,16 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    header = ["images", "wall s", "img/s", "bare img/s", "ratio", "feat img/s", "core ms/img"]
-    header += ["peak GB"]
-    print("\n" + " ".join(f"{h:>11}" for h in header) + "  stages (s)")
+    header = ["images", "wall s", "img/s", "bare OV", "ratio", "bare Keras", "ratio K"]
+    header += ["feat img/s", "peak GB"]
+    print("\n" + " ".join(f"{h:>10}" for h in header) + "  stages (s)")
     for r in rows:
         stages = " ".join(f"{k}={v:.0f}" for k, v in r["stage_seconds"].items())
-        keys = ["images", "wall_seconds", "images_per_second", "bare_model_images_per_second"]
-        keys += ["ratio_to_bare_model"]
-        keys += ["featurize_images_per_second", "core_ms_per_image"]
+        keys = ["images", "wall_seconds", "images_per_second", "bare_openvino_images_per_second"]
+        keys += ["ratio_to_bare_openvino", "bare_keras_images_per_second", "ratio_to_bare_keras"]
+        keys += ["featurize_images_per_second"]
         cells = [r[k] for k in keys] + [r["peak_rss_gb"]["total"]]
-        print(" ".join(f"{c:>11}" for c in cells) + f"  {stages}")
+        print(" ".join(f"{c:>10}" for c in cells) + f"  {stages}")
     print(f"report: {args.out}")
     return 0
 

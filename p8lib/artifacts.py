@@ -106,6 +106,7 @@ class Featurization(NamedTuple):
     weights_sha256: str
     image_size: int
     color: str | None  # the colour histogram's descriptor
+    precision: str = "fp32"  # the network's: fp32 (OpenVINO or Keras), bf16, int8
 
 
 @dataclass(frozen=True)
@@ -126,12 +127,16 @@ class RunManifest:
     spark: dict[str, Any]
     versions: dict[str, str]
     plan: dict[str, Any] = field(default_factory=dict)  # the featurize stage's tasks (plan.Plan)
+    network: dict[str, Any] = field(default_factory=dict)  # engine, precision, key, calibration
     format_version: int = FORMAT_VERSION
 
     @property
     def featurization(self) -> Featurization:
         return Featurization(
-            self.inputs.weights_sha256, int(self.config["image_size"]), self.inputs.color
+            self.inputs.weights_sha256,
+            int(self.config["image_size"]),
+            self.inputs.color,
+            str(self.config.get("precision", "fp32")),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -182,6 +187,8 @@ class ModelInfo:
     spark: dict[str, Any]
     versions: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"  # of the features it was trained on: p8 predict computes the same
+    network: dict[str, Any] = field(default_factory=dict)  # the run's (engine, key, …)
     format_version: int = FORMAT_VERSION
 
     def as_dict(self) -> dict[str, Any]:

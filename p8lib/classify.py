@@ -208,10 +208,21 @@ def _training_data(spark: SparkSession, config: TrainConfig, places: Places) -> 
             rows.where(~_held_out("evaluation")), rows.where(_held_out("evaluation")), manifest, on
         )
     test_rows, test_manifest = _read_features(spark, test_uri, "--test", config)
-    if test_manifest.featurization[:2] != manifest.featurization[:2]:
+    ours, theirs = manifest.featurization, test_manifest.featurization
+    if (ours.weights_sha256, ours.image_size, ours.precision) != (
+        theirs.weights_sha256,
+        theirs.image_size,
+        theirs.precision,
+    ):
         raise UsageError(
-            "--test was featurized with other weights or image size than --features: "
-            "run both with the same --weights and --image-size"
+            "--test was featurized with other weights, image size or precision than --features "
+            f"({theirs.image_size} px {theirs.precision} against {ours.image_size} px "
+            f"{ours.precision}): run both with the same --weights, --image-size and --precision"
+        )
+    if ours.precision == "int8" and manifest.network.get("key") != test_manifest.network.get("key"):
+        raise UsageError(
+            "--test's int8 network was calibrated on other images than --features': run both "
+            "with the same --calibration"
         )
     return _Data(rows, test_rows, manifest, f"test {test_uri}")
 
@@ -525,6 +536,8 @@ def _info(
         spark={"master": spark.sparkContext.master, "version": spark.version},
         versions=versions(),
         seconds=job.timings(),
+        precision=data.manifest.featurization.precision,
+        network=data.manifest.network,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 from p8lib import __version__
 from p8lib.config import MODES, SparkSettings
+from p8lib.engine import ENGINES, PRECISIONS
 from p8lib.errors import P8Error, UsageError
 
 PROG = "p8"
@@ -228,9 +229,29 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
         "--weights", default="imagenet", help="'imagenet' (Keras cache) or a .h5/.keras file"
     )
     run.add_argument("--image-size", type=_whole_number, default=224, help="network input size")
-    run.add_argument("--batch-size", type=_whole_number, default=32, help="images per forward pass")
+    run.add_argument(
+        "--batch-size",
+        type=_whole_number,
+        help="images per forward pass (default: 8 with openvino, 32 with keras)",
+    )
     run.add_argument(
         "--mode", choices=MODES, default="error", help="when the output exists (default: error)"
+    )
+    run.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="openvino",
+        help="the network's engine: openvino (default, fast on CPUs) or keras (the reference)",
+    )
+    run.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="openvino: fp32 (default, Keras's features), bf16 or int8 (faster, approximate)",
+    )
+    run.add_argument(
+        "--calibration",
+        help="int8: a folder or URI of images to calibrate on (default: 300 of --images)",
     )
     run.add_argument(
         "--partitions",
@@ -289,6 +310,9 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         "--weights", default="imagenet", help="the weights the model's features came from"
     )
     predict.add_argument("--s3-endpoint", help="S3 endpoint URL off AWS (or $AWS_ENDPOINT_URL)")
+    predict.add_argument(
+        "--engine", choices=ENGINES, default="openvino", help="openvino (default) or keras"
+    )
     _quiet_option(predict)
 
 
@@ -394,6 +418,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         weights=args.weights,
         top=args.top,
         s3_endpoint=args.s3_endpoint,
+        engine=args.engine,
         **_reporting(args),
     )
     for result in results:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from p8lib.artifacts import FEATURE_DIM
+from p8lib.engine import check as check_engine
 from p8lib.errors import UsageError
 from p8lib.listing import glob_regex
 from p8lib.s3 import endpoint_url
@@ -107,9 +108,12 @@ class RunConfig(PcaSettings, SparkSettings):
     glob: str | None = None  # None: every image extension Pillow reads, any case
     weights: str = "imagenet"
     image_size: int = 224
-    batch_size: int = 32
+    batch_size: int | None = None  # images per forward pass; None: the engine's (engine.BATCH)
     mode: Mode = "error"
     partitions: int | None = None  # featurize tasks; None: planned from the capacity (plan.py)
+    engine: str = "openvino"  # or "keras", the reference
+    precision: str = "fp32"  # or "bf16", "int8" (OpenVINO)
+    calibration: str | None = None  # int8: a folder/URI of images; None: a sample of --images
 
     def __post_init__(self) -> None:
         _check_uri("images", self.images, "the folder or URI that holds the images")
@@ -117,8 +121,13 @@ class RunConfig(PcaSettings, SparkSettings):
         PcaSettings.__post_init__(self)
         if self.image_size < 32:
             raise UsageError(f"--image-size must be at least 32, got {self.image_size}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
+        check_engine(self.engine, self.precision)
+        if self.calibration is not None and self.precision != "int8":
+            raise UsageError("--calibration is for --precision int8 only")
+        if self.calibration is not None:
+            _check_uri("calibration", self.calibration, "a folder or URI of images")
         if self.partitions is not None and self.partitions < 1:
             raise UsageError(f"--partitions must be positive, got {self.partitions}")
         if self.mode not in MODES:

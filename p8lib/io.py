@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 S3_SCHEMES = ("s3", "s3a", "s3n")
 OTHER_SCHEMES = ("hdfs", "viewfs", "gs", "abfs", "abfss", "wasb", "wasbs")
-LISTING_SCHEMA = "path string, label string, size long, modification_time timestamp"
 
 
 def scheme(uri: str) -> str:
@@ -301,17 +300,40 @@ def read_file(path: str, *, endpoint: str | None = None, s3_client: Any = None) 
 
 def read_images(spark: SparkSession, listing: Listing, *, partitions: int) -> DataFrame:
     """The listed files as rows ``path, label, size, modification_time``, in ``partitions``
-    tasks of consecutive paths. Their bytes are read by the executors: :func:`file_content`."""
-    rows = [(f.path, f.label, f.size, f.modification_time) for f in listing.files]
-    slices = spark.sparkContext.parallelize(rows, max(1, min(partitions, len(rows))))
-    return spark.createDataFrame(slices, schema=LISTING_SCHEMA)
+    tasks. Their bytes are read by the executors: :func:`file_content`."""
+    import pandas as pd
+
+    rows = pd.DataFrame(
+        [(f.path, f.label, f.size, f.modification_time) for f in listing.files],
+        columns=["path", "label", "size", "modification_time"],
+    )
+    # Through Arrow: a fraction of the time of Python rows (0.5 s against 1.2 s for the first
+    # DataFrame of a session; far less per row), then spread over the planned tasks.
+    table = spark.createDataFrame(rows, schema=_listing_schema())
+    return table.repartition(max(1, min(partitions, len(rows))))
+
+
+def _listing_schema() -> Any:
+    """path string, label string, size long, modification_time timestamp (types, not DDL:
+    the JVM's parser costs ~0.2 s each time)."""
+    from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+
+    return StructType(
+        [
+            StructField("path", StringType()),
+            StructField("label", StringType()),
+            StructField("size", LongType()),
+            StructField("modification_time", TimestampType()),
+        ]
+    )
 
 
 def file_content(path: Column, *, s3_endpoint: str | None = None) -> Column:
     """A binary column: the bytes of the file at ``path``, null when it can't be read."""
     from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.types import BinaryType
 
-    @pandas_udf("binary")  # type: ignore[call-overload]
+    @pandas_udf(BinaryType())  # type: ignore[call-overload]
     def content(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
         client = None
         for paths in batches:

@@ -6,12 +6,15 @@ import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p8lib import io, plan, plots
+import numpy as np
+
+from p8lib import engine, io, plan, plots
 from p8lib.artifacts import (
     FEATURE_DIM,
     MANIFEST,
@@ -26,8 +29,9 @@ from p8lib.artifacts import (
     read_run,
 )
 from p8lib.config import RunConfig
+from p8lib.engine import Network
 from p8lib.errors import UsageError
-from p8lib.featurize import COLOR_DESCRIPTOR, featurize_column, resolve_weights
+from p8lib.featurize import COLOR_DESCRIPTOR, featurize_column, load_image, resolve_weights
 from p8lib.job import Job, Places, versions, write_json
 from p8lib.listing import IMAGE_EXTENSIONS, Listing, extension
 from p8lib.progress import duration
@@ -101,12 +105,12 @@ class RunResult:
 
 @dataclass(frozen=True)
 class _Inputs:
-    """What a run reads, settled before Spark starts: the image files and the weights."""
+    """What a run reads, settled before Spark starts: the image files and the network."""
 
     listing: Listing
     weights_path: Path
-    weights: bytes
     weights_sha256: str
+    network: Network
 
 
 def run(
@@ -142,7 +146,7 @@ def execute(
         output=("--output", config.output),
         s3_endpoint=config.s3_endpoint,
     )
-    inputs = _gather(config, places)
+    inputs = _gather(config, places, log=job.log)
     spark = job.session(config, uses_s3=places.uses_s3, spark=spark, verbose=verbose)
     with job.output(
         spark,
@@ -198,12 +202,55 @@ def _listing(config: RunConfig, images_uri: str) -> Listing:
     return listing
 
 
-def _gather(config: RunConfig, places: Places) -> _Inputs:
-    """The input listing and the weights: both before Spark starts."""
+def _gather(config: RunConfig, places: Places, *, log: Callable[[str], None]) -> _Inputs:
+    """The input listing and the network (converted or from its cache): before Spark starts."""
     listing = _listing(config, places.inputs["--images"])
     weights_path = resolve_weights(config.weights)
-    weights = weights_path.read_bytes()
-    return _Inputs(listing, weights_path, weights, hashlib.sha256(weights).hexdigest())
+    sha256 = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    network = engine.prepare(
+        engine=config.engine,
+        precision=config.precision,
+        weights_path=weights_path,
+        weights_sha256=sha256,
+        image_size=config.image_size,
+        calibration=_calibration(config, listing) if config.precision == "int8" else None,
+        log=log,
+    )
+    return _Inputs(listing, weights_path, sha256, network)
+
+
+def _calibration(config: RunConfig, listing: Listing) -> engine.Calibration:
+    """int8's calibration images: up to 300 spread evenly over ``--calibration``'s images, or
+    over the input's."""
+    if config.calibration is None:
+        source, files = "a sample of --images", listing.files
+    else:
+        source = io.normalize_uri(config.calibration, emr=on_emr())
+        files = io.list_images(source, s3_endpoint=config.s3_endpoint).files
+        if not files:
+            raise UsageError(f"no image files under --calibration {config.calibration}")
+    step = len(files) / min(len(files), engine.CALIBRATION_IMAGES)
+    chosen = [files[int(i * step)] for i in range(min(len(files), engine.CALIBRATION_IMAGES))]
+    lines = "\n".join(f"{f.path} {f.size} {f.modification_time.isoformat()}" for f in chosen)
+    record = {
+        "source": source,
+        "images": len(chosen),
+        "sha256": hashlib.sha256(lines.encode()).hexdigest(),
+    }
+
+    def load() -> np.ndarray:
+        images = []
+        for f in chosen:
+            try:
+                content = io.read_file(f.path, endpoint=config.s3_endpoint)
+                images.append(load_image(content, config.image_size))
+            except (OSError, ValueError):
+                continue  # an unreadable image calibrates nothing
+        if not images:
+            raise UsageError(f"none of the calibration images ({source}) could be read")
+        return np.stack(images)
+
+    return engine.Calibration(record, load)
 
 
 def _stages(
@@ -247,7 +294,9 @@ def _stages(
         manifest = _manifest(
             spark, job, config, places, inputs, counts=counts, reduction=reduction, inferred=counter
         )
-        manifest = dataclasses.replace(manifest, plan=tasks.as_dict())
+        manifest = dataclasses.replace(
+            manifest, plan=tasks.as_dict(), network=inputs.network.record()
+        )
         write_json(spark, f"{staged}/{MANIFEST}", manifest)
     finally:
         if features is not None:
@@ -309,7 +358,9 @@ def _previous_features(
 
 
 def _featurization(config: RunConfig, inputs: _Inputs) -> Featurization:
-    return Featurization(inputs.weights_sha256, config.image_size, COLOR_DESCRIPTOR)
+    return Featurization(
+        inputs.weights_sha256, config.image_size, COLOR_DESCRIPTOR, config.precision
+    )
 
 
 def _featurize(
@@ -333,10 +384,8 @@ def _featurize(
         todo = images.join(reused.select(*keys), on=keys, how="left_anti")
     result = featurize_column(
         io.file_content(F.col("path"), s3_endpoint=config.s3_endpoint),
-        weights=inputs.weights,
-        suffix=inputs.weights_path.suffix,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
+        network=inputs.network,
+        batch_size=config.batch_size or engine.BATCH[config.engine],
         counter=counters[0],
         failed=counters[1],
     )
@@ -376,13 +425,19 @@ def _write(
     # A few large tasks: the projection is cheap, per-task and per-file costs are not.
     parts = spark.sparkContext.defaultParallelism
     table = reduction.transform(features.coalesce(parts)).select(*OUTPUT_COLUMNS)
-    table.write.parquet(f"{staged}/{PARQUET}")
-    figure = plots.explained_variance_figure(
-        reduction.explained_variance,
-        k=reduction.k,
-        threshold=config.variance_threshold,
-    )
-    io.write_bytes(spark, f"{staged}/{PLOT}", plots.to_png(figure))
+
+    def figure() -> bytes:
+        variance = reduction.explained_variance
+        threshold = config.variance_threshold
+        return plots.to_png(
+            plots.explained_variance_figure(variance, k=reduction.k, threshold=threshold)
+        )
+
+    # The figure is drawn (~1 s of matplotlib) while the JVM writes the table.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        png = pool.submit(figure)
+        table.write.parquet(f"{staged}/{PARQUET}")
+        io.write_bytes(spark, f"{staged}/{PLOT}", png.result())
 
 
 def _manifest(

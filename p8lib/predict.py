@@ -38,6 +38,8 @@ class Classifier:
     intercepts: np.ndarray  # classes
     image_size: int = 224
     weights_sha256: str | None = None
+    precision: str = "fp32"  # of the features it was trained on
+    network_key: str | None = None  # the converted network it was trained with (int8's cache)
     # The colour histogram's scaler, when the regression also takes the histogram.
     color_mean: np.ndarray | None = None
     color_std: np.ndarray | None = None
@@ -163,6 +165,8 @@ def load_classifier(model: str | Path, *, s3_endpoint: str | None = None) -> Cla
         intercepts=parts["intercepts"],
         image_size=info.image_size,
         weights_sha256=info.weights_sha256,
+        precision=info.precision,
+        network_key=info.network.get("key"),
         color_mean=parts.get("color_mean"),
         color_std=parts.get("color_std"),
     )
@@ -219,15 +223,16 @@ def predict_photos(
     s3_endpoint: str | None = None,
     log: Callable[[str], None] | None = None,
     live: bool = False,
+    engine: str = "openvino",
 ) -> list[PhotoPrediction]:
     """The ``top`` classes of each photo (jpg, png, … of any size), in the order given.
 
     A photo that cannot be read gets an ``error`` and no classes; the others are unaffected.
     The weights must be those the training features were computed with. Photos go through the
     network ``batch_size`` at a time; with more than one batch, progress goes to ``log`` (or is
-    redrawn in place with ``live``).
+    redrawn in place with ``live``); ``engine``: ``openvino`` or ``keras`` (fp32 only).
     """
-    from p8lib.featurize import build_model, resolve_weights
+    from p8lib.featurize import resolve_weights
 
     if top < 1:
         raise UsageError(f"--top must be positive, got {top}")
@@ -251,7 +256,7 @@ def predict_photos(
         batch = indexed[start : start + batch_size]
         images, readable = _read_photos(batch, classifier.image_size, errors)
         if images:
-            net = net or build_model(weights_path, classifier.image_size, threads=os.cpu_count())
+            net = net or _network(classifier, engine, weights_path, digest, log)
             best = _rank(classifier, net, images, top=top, batch_size=batch_size)
             ranked.update(zip(readable, best, strict=True))
         reporter.update(start + len(batch), len(errors))
@@ -260,6 +265,30 @@ def predict_photos(
         PhotoPrediction(str(photo), ranked.get(i, []), errors.get(i))
         for i, photo in enumerate(photos)
     ]
+
+
+def _network(
+    classifier: Classifier,
+    engine: str,
+    weights_path: Path,
+    digest: str,
+    log: Callable[[str], None] | None,
+) -> Any:
+    """The network the model's features came from, built for this process (all its cores)."""
+    from p8lib import engine as engines
+
+    if classifier.precision == "int8":  # calibrated by `p8 run`: only its cached IR will do
+        network = engines.cached(classifier.network_key, classifier.image_size)
+    else:
+        network = engines.prepare(
+            engine=engine,
+            precision=classifier.precision,
+            weights_path=weights_path,
+            weights_sha256=digest,
+            image_size=classifier.image_size,
+            log=log or (lambda _: None),
+        )
+    return engines.load(network, threads=os.cpu_count())
 
 
 def _read_photos(
@@ -284,7 +313,8 @@ def _read_photos(
 def _rank(
     classifier: Classifier, net: Any, images: list[np.ndarray], *, top: int, batch_size: int
 ) -> list[list[tuple[str, float]]]:
-    from p8lib.featurize import color_histogram, embed
+    from p8lib.engine import embed
+    from p8lib.featurize import color_histogram
 
     features = embed(net, np.stack(images), batch_size=batch_size)
     colors = np.stack([color_histogram(im) for im in images]) if classifier.color else None

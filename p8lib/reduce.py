@@ -148,7 +148,16 @@ def moments(df: DataFrame, *, input_col: str = "features") -> Moments:
     data = df.select(input_col)
     if data.rdd.getNumPartitions() > target:
         data = data.coalesce(target)
-    parts = data.mapInPandas(partial, schema="n long, mean binary, m2 binary").collect()
+    from pyspark.sql.types import BinaryType, LongType, StructField, StructType
+
+    schema = StructType(
+        [
+            StructField("n", LongType()),
+            StructField("mean", BinaryType()),
+            StructField("m2", BinaryType()),
+        ]
+    )
+    parts = data.mapInPandas(partial, schema=schema).collect()
     if not parts:
         return Moments(0, np.zeros(0), np.zeros((0, 0)))
     total = unpack(parts[0])

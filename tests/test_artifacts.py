@@ -33,7 +33,8 @@ def _options(parser: argparse.ArgumentParser, command: str) -> set[str]:
 def test_every_setting_has_its_cli_option(command: str, config: type) -> None:
     """The CLI builds the config from its options by name: a field without an option (or an
     option the config lacks) would be silently dropped."""
-    options = _options(build_parser(), command) - {"help", "verbose", "quiet", "conf"}
+    actions = {"help", "verbose", "quiet", "conf", "dry_run"}  # how to run, not what
+    options = _options(build_parser(), command) - actions
     settings = {f.name for f in fields(config)} - {"spark_conf"}
     assert options == settings
 

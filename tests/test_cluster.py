@@ -74,15 +74,15 @@ def _active_stages(ui_port: int) -> list[dict[str, Any]]:
 
 def test_a_worker_killed_during_featurization(cluster, fruits_dir, tmp_path) -> None:
     images = tmp_path / "images"
-    classes = sorted(p.name for p in (fruits_dir / "Test").iterdir())[:5]
+    classes = sorted(p.name for p in (fruits_dir / "Test").iterdir())[:10]
     for name in classes:
         shutil.copytree(fruits_dir / "Test" / name, images / name)
     n_files = sum(1 for _ in images.rglob("*.jpg"))
     ui_port = free_port()
     log = (tmp_path / "driver.log").open("w")
-    proc = _p8_run(
-        images, tmp_path / "out", cluster.url, "--conf", f"spark.ui.port={ui_port}", stderr=log
-    )
+    # Enough tasks that some have finished while others run when the worker is lost.
+    extra = ["--conf", f"spark.ui.port={ui_port}", "--partitions", "24"]
+    proc = _p8_run(images, tmp_path / "out", cluster.url, *extra, stderr=log)
     killed = False
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:

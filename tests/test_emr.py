@@ -149,7 +149,7 @@ def test_cost_estimate() -> None:
     spot = emr.cost(images=23_619)
     on_demand = emr.cost(images=23_619, spot=False)
     assert spot.dollars < on_demand.dollars
-    assert spot.hours == pytest.approx(emr.STARTUP_HOURS + 23_619 / (40.0 * 8) / 3600)
+    assert spot.hours == pytest.approx(emr.STARTUP_HOURS + 23_619 / (emr.RATE_PER_VCPU * 8) / 3600)
     bigger = emr.cost(images=23_619, core_count=4)
     assert bigger.hours < spot.hours
     result = p8("emr", "cost", "--hours", "1", "--on-demand")

@@ -45,7 +45,10 @@ def test_parquet_schema_keeps_the_reference_columns(spark, sample_run):
     assert types["color"] == "array<float>"
 
 
-def test_spark_features_equal_a_direct_keras_predict(sample_table, weights_path):
+def test_spark_features_equal_a_direct_keras_predict(sample_run, sample_table, weights_path):
+    """The default engine (OpenVINO fp32) against Keras itself: the same features."""
+    assert sample_run.manifest.network["engine"] == "openvino"
+    assert sample_run.manifest.network["precision"] == "fp32"
     import keras
     from keras.applications.mobilenet_v2 import preprocess_input
     from PIL import Image

@@ -316,7 +316,10 @@ def test_verbose_after_the_subcommand_and_defaults_in_help() -> None:
     result = p8("run", "--images", "ftp://host/x", "--output", "o", "--verbose")
     assert result.returncode == 2 and "Traceback" in result.stderr
     help_text = " ".join(p8("run", "--help").stdout.split())
-    assert "(default: 224)" in help_text and "(default: 32)" in help_text
+    assert (
+        "(default: 224)" in help_text and "(default: 8 with openvino, 32 with keras)" in help_text
+    )
+    assert "openvino (default, fast on CPUs)" in help_text and "fp32 (default, " in help_text
     assert "(default: error)" in help_text
 
 

@@ -17,6 +17,7 @@ PINS=(
   "matplotlib==3.9.4"
   "tensorflow-cpu==2.18.1"
   "keras==3.8.0"
+  "openvino==2026.4.1"
   "boto3==1.35.99"
 )
 
