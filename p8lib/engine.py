@@ -133,28 +133,35 @@ def prepare(
     record = calibration.record if precision == "int8" and calibration else None
     key = ir_key(weights_sha256, image_size, precision, record["sha256"] if record else "")
     folder = cache_dir() / key
-    if not all((folder / name).is_file() for name in IR_FILES):
+    if not _complete(folder):
         if precision == "int8" and importlib.util.find_spec("nncf") is None:
             raise UsageError("--precision int8 needs NNCF: pip install 'p8lib[int8]' (nncf==3.4.0)")
         log(f"converting MobileNetV2 to OpenVINO ({precision}, {image_size}×{image_size})")
         images = calibration.load() if record and calibration else None
         convert(weights_path, image_size, precision, folder, images)
-    files = {name: (folder / name).read_bytes() for name in IR_FILES}
-    return Network(engine, precision, image_size, key, files, record)
+    return Network(engine, precision, image_size, key, _read_ir(folder), record)
+
+
+def _complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole converted network."""
+    return all((folder / name).is_file() for name in IR_FILES)
+
+
+def _read_ir(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in IR_FILES}
 
 
 def cached(key: str | None, image_size: int) -> Network:
     """The converted network ``key`` from the cache (an int8 one cannot be rebuilt without its
     calibration images)."""
     folder = cache_dir() / (key or "(none)")
-    if not key or not all((folder / name).is_file() for name in IR_FILES):
+    if not key or not _complete(folder):
         raise UsageError(
             f"the int8 network this model was trained with ({key}) is not in {cache_dir()}: "
             "run `p8 run --precision int8` with the same calibration images on this machine, "
             "or train the model on fp32 features"
         )
-    files = {name: (folder / name).read_bytes() for name in IR_FILES}
-    return Network("openvino", "int8", image_size, key, files)
+    return Network("openvino", "int8", image_size, key, _read_ir(folder))
 
 
 def convert(
@@ -177,7 +184,7 @@ def convert(
         try:
             os.replace(staged, folder)  # whole, or not at all: a concurrent run may win
         except OSError:
-            if not all((folder / name).is_file() for name in IR_FILES):
+            if not _complete(folder):
                 shutil.rmtree(folder, ignore_errors=True)
                 os.replace(staged, folder)
 
