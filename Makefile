@@ -16,8 +16,12 @@ S3_PORT ?= 8333
 BENCH_SIZES ?= 2000,8000,0
 # `make classifier PRECISION=int8`: both runs calibrated on the same images (Training-subset).
 PRECISION ?= fp32
+# `make classifier AUGMENT=4 TRAIN_ARGS=--no-standardization`: the model for real photos (README).
+AUGMENT ?= 0
+TRAIN_ARGS ?=
+OUTSIDE_PHOTOS ?= $(FRUITS360_DIR)/../outside-photos
 PRECISION_ARGS := --precision $(PRECISION)$(if $(filter int8,$(PRECISION)), --calibration "$(FRUITS360_DIR)/Training-subset")
-.PHONY: help install jars s3 demo sample notebooks bench bench-cluster bench-listing cluster cluster-stop classifier test lint format clean
+.PHONY: help install jars s3 demo sample notebooks bench bench-cluster bench-listing cluster cluster-stop classifier evaluate test lint format clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -66,10 +70,14 @@ cluster: install ## start a Spark standalone master + 2 workers on 127.0.0.1 (py
 cluster-stop: ## stop the cluster that `make cluster` started (by pid)
 	$(BIN)/python -m p8lib.cluster stop --dir .cache/cluster
 
-classifier: install ## featurize Training-subset and Test, train and evaluate the classifier (results/; PRECISION=fp32|bf16|int8)
-	$(BIN)/p8 run --images "$$FRUITS360_DIR/Training-subset" --output results/features-train --mode overwrite $(PRECISION_ARGS)
+classifier: install ## featurize Training-subset (+ AUGMENT photo-like variants each) and Test, train and evaluate the classifier (results/; PRECISION=fp32|bf16|int8)
+	$(BIN)/p8 run --images "$$FRUITS360_DIR/Training-subset" --output results/features-train --mode overwrite --augment $(AUGMENT) $(PRECISION_ARGS)
 	$(BIN)/p8 run --images "$$FRUITS360_DIR/Test" --output results/features-test --mode overwrite $(PRECISION_ARGS)
-	$(BIN)/p8 train --features results/features-train --test results/features-test --model results/model --mode overwrite
+	$(BIN)/p8 train --features results/features-train --test results/features-test --model results/model --mode overwrite $(TRAIN_ARGS)
+
+evaluate: install ## score results/model on real shop photos (OUTSIDE_PHOTOS: measuring only, never training)
+	rm -rf results/evaluation
+	$(BIN)/p8 evaluate --model results/model --images "$(OUTSIDE_PHOTOS)/images" --labels "$(OUTSIDE_PHOTOS)/labels.json" --output results/evaluation
 
 test: install ## run the test suite (needs FRUITS360_DIR; offline with KERAS_HOME seeded)
 	$(BIN)/python -m pytest

@@ -41,6 +41,7 @@ OUTPUT_COLUMNS = [
     "error",
     "size",
     "modification_time",
+    "variant",  # 0: the image itself; 1..N: its photo-like variants (p8 run --augment N)
 ]
 
 # A notebook's figure output names itself with this metadata key (p8lib.report writes it,
@@ -107,6 +108,7 @@ class Featurization(NamedTuple):
     image_size: int
     color: str | None  # the colour histogram's descriptor
     precision: str = "fp32"  # the network's: fp32 (OpenVINO or Keras), bf16, int8
+    augment: str = ""  # "N descriptor" of the photo-like variants (p8lib.augment), "" for none
 
 
 @dataclass(frozen=True)
@@ -128,15 +130,18 @@ class RunManifest:
     versions: dict[str, str]
     plan: dict[str, Any] = field(default_factory=dict)  # the featurize stage's tasks (plan.Plan)
     network: dict[str, Any] = field(default_factory=dict)  # engine, precision, key, calibration
+    augmentation: dict[str, Any] = field(default_factory=dict)  # variants, descriptor
     format_version: int = FORMAT_VERSION
 
     @property
     def featurization(self) -> Featurization:
+        variants = self.augmentation.get("variants", 0)
         return Featurization(
             self.inputs.weights_sha256,
             int(self.config["image_size"]),
             self.inputs.color,
             str(self.config.get("precision", "fp32")),
+            f"{variants} {self.augmentation['descriptor']}" if variants else "",
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -189,6 +194,8 @@ class ModelInfo:
     seconds: dict[str, float] = field(default_factory=dict)
     precision: str = "fp32"  # of the features it was trained on: p8 predict computes the same
     network: dict[str, Any] = field(default_factory=dict)  # the run's (engine, key, …)
+    augmentation: dict[str, Any] = field(default_factory=dict)  # the training rows' variants
+    standardization: bool = True  # the regression's inputs at unit variance before the penalty
     format_version: int = FORMAT_VERSION
 
     def as_dict(self) -> dict[str, Any]:

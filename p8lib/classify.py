@@ -33,6 +33,7 @@ from p8lib.errors import UsageError
 from p8lib.featurize import COLOR_DESCRIPTOR
 from p8lib.job import Job, Places, versions, write_json
 from p8lib.reduce import fit_reduce, fit_scaler
+from p8lib.session import memory_share
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
@@ -177,6 +178,9 @@ class TrainResult:
         what = f"PCA k = {self.k}" if self.input == "pca" else f"all {FEATURE_DIM} features"
         if self.info.color:
             what += " + colour histogram"
+        variants = self.info.augmentation.get("variants")
+        if variants:
+            what += f"; images and {variants} photo-like variants of each"
         return "\n".join(
             [
                 f"trained on {self.train_rows} images of {self.classes} classes ({what}, "
@@ -204,9 +208,8 @@ def _training_data(spark: SparkSession, config: TrainConfig, places: Places) -> 
     test_uri = places.inputs.get("--test")
     if test_uri is None:
         on = "held-out fifth of --features, set aside"
-        return _Data(
-            rows.where(~_held_out("evaluation")), rows.where(_held_out("evaluation")), manifest, on
-        )
+        held_out = rows.where(_held_out("evaluation"))
+        return _Data(rows.where(~_held_out("evaluation")), _originals(held_out), manifest, on)
     test_rows, test_manifest = _read_features(spark, test_uri, "--test", config)
     ours, theirs = manifest.featurization, test_manifest.featurization
     if (ours.weights_sha256, ours.image_size, ours.precision) != (
@@ -224,7 +227,14 @@ def _training_data(spark: SparkSession, config: TrainConfig, places: Places) -> 
             "--test's int8 network was calibrated on other images than --features': run both "
             "with the same --calibration"
         )
-    return _Data(rows, test_rows, manifest, f"test {test_uri}")
+    return _Data(rows, _originals(test_rows), manifest, f"test {test_uri}")
+
+
+def _originals(rows: DataFrame) -> DataFrame:
+    """The images themselves, not their photo-like variants: what a model is evaluated on."""
+    from pyspark.sql import functions as F
+
+    return rows.where(F.col("variant") == 0)
 
 
 def _read_features(
@@ -242,7 +252,9 @@ def _read_features(
             f"{what} {uri} has no {COLOR_DESCRIPTOR} colour histograms (an older p8 run): "
             "run `p8 run` again with --mode overwrite, or train with --no-color"
         )
-    columns = ["path", "label", "features", *(["color"] if config.color else [])]
+    if "variant" not in df.columns:  # written before p8 run --augment
+        df = df.withColumn("variant", F.lit(0))
+    columns = ["path", "label", "features", "variant", *(["color"] if config.color else [])]
     return df.where(F.col("features").isNotNull()).select(*columns), manifest
 
 
@@ -257,7 +269,11 @@ def _as_vectors(rows: DataFrame) -> DataFrame:
     return rows
 
 
-def _logistic(reg_param: float, max_iter: int, features_col: str) -> Any:
+def _logistic(
+    reg_param: float, max_iter: int, features_col: str, standardization: bool = True
+) -> Any:
+    """Spark's multinomial regression; ``standardization``: each input scaled to unit variance
+    before the penalty (Spark's default): every PCA component then weighs alike."""
     from pyspark.ml.classification import LogisticRegression
 
     return LogisticRegression(
@@ -268,6 +284,7 @@ def _logistic(reg_param: float, max_iter: int, features_col: str) -> Any:
         elasticNetParam=0.0,
         maxIter=max_iter,
         tol=1e-6,
+        standardization=standardization,
     )
 
 
@@ -281,7 +298,12 @@ def _held_out(salt: str | None = None) -> Any:
 
 
 def _choose_reg_param(
-    data: DataFrame, *, features_col: str, max_iter: int, log: Callable[[str], None]
+    data: DataFrame,
+    *,
+    features_col: str,
+    max_iter: int,
+    log: Callable[[str], None],
+    standardization: bool = True,
 ) -> tuple[float, dict[str, float], dict[str, float]]:
     """The regParam of REG_GRID that does best on a held-out fifth of ``data``.
 
@@ -297,7 +319,7 @@ def _choose_reg_param(
     accuracy: dict[float, float] = {}
     log_loss: dict[float, float] = {}
     for reg in REG_GRID:
-        model = _logistic(reg, max_iter, features_col).fit(fit_part)
+        model = _logistic(reg, max_iter, features_col, standardization).fit(fit_part)
         p_true = F.element_at(
             vector_to_array(F.col("probability")), (F.col(Col.LABEL_INDEX) + 1).cast("int")
         )
@@ -397,7 +419,9 @@ def fit(
         output=("--model", config.model),
         s3_endpoint=config.s3_endpoint,
     )
-    spark = job.session(config, uses_s3=places.uses_s3, spark=spark, verbose=verbose)
+    spark = job.session(
+        config, uses_s3=places.uses_s3, spark=spark, verbose=verbose, driver_memory=memory_share()
+    )
     with job.output(
         spark, places.output, marker=MODEL_INFO, mode=config.mode, flag="--model", kind="p8 model"
     ) as staged:
@@ -492,9 +516,14 @@ def _regression(
     if reg_param is None:
         log(f"choosing regParam among {', '.join(f'{r:g}' for r in REG_GRID)}")
         reg_param, scores, log_loss = _choose_reg_param(
-            reduced.data, features_col=reduced.column, max_iter=config.max_iter, log=log
+            reduced.data,
+            features_col=reduced.column,
+            max_iter=config.max_iter,
+            log=log,
+            standardization=config.standardization,
         )
-    logistic = _logistic(reg_param, config.max_iter, reduced.column).fit(reduced.data)
+    logistic = _logistic(reg_param, config.max_iter, reduced.column, config.standardization)
+    logistic = logistic.fit(reduced.data)
     to_label = IndexToString(
         inputCol="prediction", outputCol="predicted_label", labels=reduced.labels
     )
@@ -538,6 +567,8 @@ def _info(
         seconds=job.timings(),
         precision=data.manifest.featurization.precision,
         network=data.manifest.network,
+        augmentation=data.manifest.augmentation,
+        standardization=config.standardization,
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from p8lib.artifacts import FEATURE_DIM
+from p8lib.augment import MAX_AUGMENT
 from p8lib.engine import check as check_engine
 from p8lib.errors import UsageError
 from p8lib.listing import glob_regex
@@ -114,6 +115,7 @@ class RunConfig(PcaSettings, SparkSettings):
     engine: str = "openvino"  # or "keras", the reference
     precision: str = "fp32"  # or "bf16", "int8" (OpenVINO)
     calibration: str | None = None  # int8: a folder/URI of images; None: a sample of --images
+    augment: int = 0  # photo-like variants per image (p8lib.augment), for training sets
 
     def __post_init__(self) -> None:
         _check_uri("images", self.images, "the folder or URI that holds the images")
@@ -130,6 +132,8 @@ class RunConfig(PcaSettings, SparkSettings):
             _check_uri("calibration", self.calibration, "a folder or URI of images")
         if self.partitions is not None and self.partitions < 1:
             raise UsageError(f"--partitions must be positive, got {self.partitions}")
+        if not 0 <= self.augment <= MAX_AUGMENT:
+            raise UsageError(f"--augment must be between 0 and {MAX_AUGMENT}, got {self.augment}")
         if self.mode not in MODES:
             raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.glob is not None and not self.glob.strip():
@@ -166,6 +170,7 @@ class TrainConfig(PcaSettings, SparkSettings):
     color: bool = True
     reg_param: float | None = None
     max_iter: int = 200
+    standardization: bool = True  # the regression's inputs scaled to unit variance (Spark's)
     mode: Literal["error", "overwrite"] = "error"
 
     def __post_init__(self) -> None:

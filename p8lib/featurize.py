@@ -25,6 +25,7 @@ import pandas as pd  # resolved at runtime: pyspark reads the UDF's type hints
 
 from p8lib import engine
 from p8lib.artifacts import FEATURE_DIM
+from p8lib.augment import variants as augment_variants
 from p8lib.engine import Network
 from p8lib.errors import P8Error, UsageError
 
@@ -226,9 +227,13 @@ def embed(model: Any, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray
 
 
 def featurize_batch(
-    model: Any, contents: pd.Series, *, image_size: int, batch_size: int
+    model: Any, contents: pd.Series, *, image_size: int, batch_size: int, augment: int = 0
 ) -> pd.DataFrame:
-    """Features, colour histograms and error messages for one Arrow batch of image bytes."""
+    """Features, colour histograms and error messages for one Arrow batch of image bytes.
+
+    With ``augment`` N, also the features and histograms of each image's N photo-like variants
+    (:mod:`p8lib.augment`), flat: ``augmented`` holds N × 1280 values, ``augmented_color``
+    N × :data:`COLOR_DIM`."""
     images: list[np.ndarray] = []
     good: list[int] = []
     errors: list[str | None] = [None] * len(contents)
@@ -241,26 +246,35 @@ def featurize_batch(
             good.append(i)
         except ValueError as exc:
             errors[i] = str(exc)[:200]
-    features: list[np.ndarray | None] = [None] * len(contents)
-    colors: list[np.ndarray | None] = [None] * len(contents)
-    if images:
-        rows = engine.embed(model, np.stack(images), batch_size=batch_size)
-        for i, row, image in zip(good, rows, images, strict=True):
-            features[i] = row
-            colors[i] = color_histogram(image)
-    return pd.DataFrame({"features": features, "color": colors, "error": errors})
+    out = pd.DataFrame({"features": [None] * len(contents), "color": None, "error": errors})
+    if augment:
+        out["augmented"], out["augmented_color"] = None, None
+    if not images:
+        return out
+    every = images + [v for image in images for v in augment_variants(image, augment)]
+    rows = engine.embed(model, np.stack(every), batch_size=batch_size)
+    colors = np.stack([color_histogram(image) for image in every])
+    out.loc[good, "features"] = pd.Series(list(rows[: len(images)]), index=good)
+    out.loc[good, "color"] = pd.Series(list(colors[: len(images)]), index=good)
+    if augment:
+        n = len(images)
+        extra = rows[n:].reshape(n, -1), colors[n:].reshape(n, -1)
+        out.loc[good, "augmented"] = pd.Series(list(extra[0]), index=good)
+        out.loc[good, "augmented_color"] = pd.Series(list(extra[1]), index=good)
+    return out
 
 
-def _result_schema() -> Any:
-    """``features array<float>, color array<float>, error string`` — as types: Spark parses a
-    DDL string in the JVM, ~0.2 s each the first times."""
+def _result_schema(augment: int = 0) -> Any:
+    """``features array<float>, color array<float>, error string`` (+ the variants' flat
+    ``augmented``, ``augmented_color``) — as types: Spark parses a DDL string in the JVM,
+    ~0.2 s each the first times."""
     from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
+    names = ["features", "color", "error"] + (["augmented", "augmented_color"] if augment else [])
     return StructType(
         [
-            StructField("features", ArrayType(FloatType())),
-            StructField("color", ArrayType(FloatType())),
-            StructField("error", StringType()),
+            StructField(name, StringType() if name == "error" else ArrayType(FloatType()))
+            for name in names
         ]
     )
 
@@ -270,10 +284,12 @@ def featurize_column(
     *,
     network: Network,
     batch_size: int = 32,
+    augment: int = 0,
     counter: Accumulator[int] | None = None,
     failed: Accumulator[int] | None = None,
 ) -> Column:
-    """A column ``struct<features, color array<float>, error string>`` from image bytes.
+    """A column ``struct<features, color array<float>, error string>`` from image bytes
+    (+ ``augmented``, ``augmented_color``: see :func:`featurize_batch`).
 
     The network (an OpenVINO IR, or Keras weights) is broadcast once; each Python worker
     builds it on its first batch and keeps it for every later task. ``counter`` counts the
@@ -291,11 +307,25 @@ def featurize_column(
     # 2 workers × 2 threads on 2 cores featurized at half the speed of 2 × 1).
     threads = int(spark.conf.get("spark.task.cpus", "1") or "1")
 
-    @pandas_udf(_result_schema())  # type: ignore[call-overload]
+    @pandas_udf(_result_schema(augment))  # type: ignore[call-overload]
     def featurize_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         model = engine.load(network_bc.value, threads=threads)
         for contents in batches:
-            out = featurize_batch(model, contents, image_size=image_size, batch_size=batch_size)
+            # With variants, a batch's images are (N + 1) times as many: decoded by slices.
+            step = max(1, len(contents) // (augment + 1))
+            out = pd.concat(
+                [
+                    featurize_batch(
+                        model,
+                        contents.iloc[i : i + step],
+                        image_size=image_size,
+                        batch_size=batch_size,
+                        augment=augment,
+                    )
+                    for i in range(0, max(len(contents), 1), step)
+                ],
+                ignore_index=True,
+            )
             errors = int(out["error"].notna().sum())
             if counter is not None:
                 counter.add(len(out) - errors)

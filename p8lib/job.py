@@ -110,8 +110,10 @@ class Job:
         uses_s3: bool,
         spark: SparkSession | None = None,
         verbose: bool = False,
+        driver_memory: str = "2g",
     ) -> SparkSession:
-        """``spark`` (a kernel's session) configured for S3 if needed, or a new one."""
+        """``spark`` (a kernel's session) configured for S3 if needed, or a new one (with
+        ``driver_memory`` on a local master, unless ``--conf`` says otherwise)."""
         if spark is None:
             return build_session(
                 master=settings.master,
@@ -119,6 +121,7 @@ class Job:
                 s3=uses_s3,
                 s3_endpoint=settings.s3_endpoint,
                 verbose=verbose,
+                driver_memory=driver_memory,
             )
         if uses_s3:
             configure_s3(spark, settings.s3_endpoint)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from p8lib import augment as augmentation
 from p8lib import engine, io, plan, plots
 from p8lib.artifacts import (
     FEATURE_DIM,
@@ -31,7 +32,13 @@ from p8lib.artifacts import (
 from p8lib.config import RunConfig
 from p8lib.engine import Network
 from p8lib.errors import UsageError
-from p8lib.featurize import COLOR_DESCRIPTOR, featurize_column, load_image, resolve_weights
+from p8lib.featurize import (
+    COLOR_DESCRIPTOR,
+    COLOR_DIM,
+    featurize_column,
+    load_image,
+    resolve_weights,
+)
 from p8lib.job import Job, Places, versions, write_json
 from p8lib.listing import IMAGE_EXTENSIONS, Listing, extension
 from p8lib.progress import duration
@@ -40,7 +47,7 @@ from p8lib.session import on_emr
 
 if TYPE_CHECKING:
     from pyspark import Accumulator
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 
 @dataclass
@@ -92,6 +99,9 @@ class RunResult:
         """A few lines for the end of a run: counts, files left out, where the results are."""
         reused = self.manifest.counts.reused
         done = f"{self.featurized} featurized, " + (f"{reused} reused, " if reused else "")
+        variants = self.manifest.augmentation.get("variants")
+        if variants:
+            done = f"{done}{variants} photo-like variants of each, "
         return "\n".join(
             [
                 f"{self.images} images ({done}{self.failed} failed) → "
@@ -171,9 +181,10 @@ def dry_run(config: RunConfig) -> list[str]:
     found = Counter(extension(f.path) for f in listing.files)
     capacity = plan.before_session(config.master, config.spark_conf)
     tasks = plan.plan(n, capacity, partitions=config.partitions)
-    hours = plan.hours(tasks)
+    passes = 1 + config.augment  # each variant goes through the network too
+    hours = plan.hours(tasks) * passes
     shape = emr.this_cluster() if on_emr() else None
-    estimate = emr.cost(images=n, **(shape or {}))
+    estimate = emr.cost(images=n * passes, **(shape or {}))
     where = "this EMR cluster" if shape else "EMR's default cluster (1 + 2 × m5.xlarge, spot)"
     by_extension = ", ".join(f"{e} {c:,}" for e, c in found.most_common())
     return [
@@ -181,7 +192,8 @@ def dry_run(config: RunConfig) -> list[str]:
         *(listing.notes() or ["no files skipped"]),
         f"plan: {tasks.describe()}",
         f"time: ~{duration(hours * 3600)} featurizing on {tasks.cores:,} cores at "
-        f"{plan.IMAGES_PER_CORE_SECOND:g} images/s per core (measured by make bench)",
+        f"{plan.IMAGES_PER_CORE_SECOND:g} images/s per core (measured by make bench)"
+        + (f", {config.augment} variants of each image" if config.augment else ""),
         f"cost on {where}: ~{estimate.hours:.2f} h, ${estimate.dollars:.2f} (p8 emr cost's model)",
         "dry run: nothing featurized or written",
     ]
@@ -272,7 +284,8 @@ def _stages(
             images = io.read_images(spark, inputs.listing, partitions=tasks.tasks)
             previous = _previous_features(spark, places.output, config, inputs, job.log)
         job.log(f"plan: {tasks.describe()}")
-        with job.stage("featurize", f"featurizing {n_images} images", said=False):
+        more = f" and {config.augment} variants of each" if config.augment else ""
+        with job.stage("featurize", f"featurizing {n_images} images{more}", said=False):
             counter, failed = spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0)
 
             def read() -> tuple[int, int]:  # updated as tasks finish: done (incl. failed), failed
@@ -295,7 +308,10 @@ def _stages(
             spark, job, config, places, inputs, counts=counts, reduction=reduction, inferred=counter
         )
         manifest = dataclasses.replace(
-            manifest, plan=tasks.as_dict(), network=inputs.network.record()
+            manifest,
+            plan=tasks.as_dict(),
+            network=inputs.network.record(),
+            augmentation=_augmentation(config),
         )
         write_json(spark, f"{staged}/{MANIFEST}", manifest)
     finally:
@@ -304,12 +320,24 @@ def _stages(
     return manifest
 
 
+def _augmentation(config: RunConfig) -> dict[str, Any]:
+    """The manifest's record of the photo-like variants: none, or how many and which kind."""
+    if not config.augment:
+        return {}
+    return {"variants": config.augment, "descriptor": augmentation.DESCRIPTOR}
+
+
 def _counts(features: DataFrame) -> Counts:
     """Counts from the rows themselves (a retried task adds nothing): one Spark pass."""
     from pyspark.sql import functions as F
 
     reason = F.split(F.col("error"), ":").getItem(0)
-    rows = features.groupBy("_reused", reason.alias("reason")).count().collect()
+    rows = (
+        features.where(F.col("variant") == 0)
+        .groupBy("_reused", reason.alias("reason"))
+        .count()
+        .collect()
+    )
     failed: Counter[str] = Counter()
     total = featurized = reused = 0
     for row in rows:
@@ -338,7 +366,9 @@ def _previous_features(
     log: Callable[[str], None],
 ) -> DataFrame | None:
     """With ``--mode incremental``: the rows of the last run that can be reused (same weights,
-    size and histogram), or None."""
+    size, histogram and variants), or None."""
+    from pyspark.sql import functions as F
+
     if config.mode != "incremental" or not io.exists(spark, f"{output_uri}/{MANIFEST}"):
         return None
     try:
@@ -352,14 +382,18 @@ def _previous_features(
             "featurizing everything"
         )
         return None
-    return spark.read.parquet(f"{output_uri}/{PARQUET}").select(
-        "path", "size", "modification_time", "features", "color", "error"
+    table = spark.read.parquet(f"{output_uri}/{PARQUET}")
+    if "variant" not in table.columns:  # written before p8 run --augment
+        table = table.withColumn("variant", F.lit(0))
+    return table.select(
+        "path", "size", "modification_time", "features", "color", "error", "variant"
     )
 
 
 def _featurization(config: RunConfig, inputs: _Inputs) -> Featurization:
+    augment = f"{config.augment} {augmentation.DESCRIPTOR}" if config.augment else ""
     return Featurization(
-        inputs.weights_sha256, config.image_size, COLOR_DESCRIPTOR, config.precision
+        inputs.weights_sha256, config.image_size, COLOR_DESCRIPTOR, config.precision, augment
     )
 
 
@@ -386,13 +420,42 @@ def _featurize(
         io.file_content(F.col("path"), s3_endpoint=config.s3_endpoint),
         network=inputs.network,
         batch_size=config.batch_size or engine.BATCH[config.engine],
+        augment=config.augment,
         counter=counters[0],
         failed=counters[1],
     )
     fresh = todo.select(*todo.columns, result.alias("_r")).select(
-        *keys, "label", "_r.features", "_r.color", "_r.error", F.lit(False).alias("_reused")
+        *keys, "label", "_r.*", F.lit(False).alias("_reused")
     )
+    fresh = _variant_rows(fresh, config.augment)
     return fresh if reused is None else fresh.unionByName(reused)
+
+
+def _variant_rows(rows: DataFrame, augment: int) -> DataFrame:
+    """One row per image and variant: ``variant`` 0 is the image, 1..N its variants, whose
+    features and histogram are cut from the flat ``augmented`` arrays (and have no error)."""
+    from pyspark.sql import functions as F
+
+    if not augment:
+        return rows.withColumn("variant", F.lit(0))
+    rows = rows.withColumn("variant", F.explode(F.sequence(F.lit(0), F.lit(augment))))
+    variant = F.col("variant")
+
+    def part(flat: str, width: int) -> Column:
+        return F.slice(F.col(flat), (variant - 1) * width + 1, width)
+
+    return (
+        rows.where((variant == 0) | F.col("error").isNull())
+        .withColumn(
+            "features",
+            F.when(variant == 0, F.col("features")).otherwise(part("augmented", FEATURE_DIM)),
+        )
+        .withColumn(
+            "color",
+            F.when(variant == 0, F.col("color")).otherwise(part("augmented_color", COLOR_DIM)),
+        )
+        .drop("augmented", "augmented_color")
+    )
 
 
 def _check_listing(listing: Listing, config: RunConfig) -> None:

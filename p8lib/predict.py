@@ -25,6 +25,11 @@ from p8lib.errors import P8Error, UsageError
 from p8lib.progress import Reporter
 from p8lib.reduce import inverse_std
 
+# p8 predict says "unsure" below this top probability: on real shop photos (README, "Real
+# photos"), a model trained with --augment named the right fruit in 37% of its answers above
+# it and 16% below.
+UNSURE_BELOW = 0.5
+
 
 @dataclass(frozen=True)
 class Classifier:
@@ -192,11 +197,13 @@ def _local_model(model: str, *, s3_endpoint: str | None) -> Path:
 
 @dataclass(frozen=True)
 class PhotoPrediction:
-    """The most likely classes for one photo, or why it could not be read."""
+    """The most likely classes for one photo, or why it could not be read. ``unsure``: the
+    top probability is below the threshold asked for — the names are guesses."""
 
     path: str
     top: list[tuple[str, float]]
     error: str | None = None
+    unsure: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -205,12 +212,15 @@ class PhotoPrediction:
         }
         if self.error is not None:
             out["error"] = self.error
+        else:
+            out["unsure"] = self.unsure
         return out
 
     def line(self) -> str:
         if self.error is not None:
             return f"{self.path}: error: {self.error}"
-        return f"{self.path}: " + ", ".join(f"{label} {p:.1%}" for label, p in self.top)
+        named = ", ".join(f"{label} {p:.1%}" for label, p in self.top)
+        return f"{self.path}: " + (f"unsure (perhaps {named})" if self.unsure else named)
 
 
 def predict_photos(
@@ -224,18 +234,22 @@ def predict_photos(
     log: Callable[[str], None] | None = None,
     live: bool = False,
     engine: str = "openvino",
+    unsure_below: float = 0.0,
 ) -> list[PhotoPrediction]:
     """The ``top`` classes of each photo (jpg, png, … of any size), in the order given.
 
     A photo that cannot be read gets an ``error`` and no classes; the others are unaffected.
     The weights must be those the training features were computed with. Photos go through the
     network ``batch_size`` at a time; with more than one batch, progress goes to ``log`` (or is
-    redrawn in place with ``live``); ``engine``: ``openvino`` or ``keras`` (fp32 only).
+    redrawn in place with ``live``); ``engine``: ``openvino`` or ``keras`` (fp32 only). A photo
+    whose top probability is below ``unsure_below`` is marked ``unsure``.
     """
     from p8lib.featurize import resolve_weights
 
     if top < 1:
         raise UsageError(f"--top must be positive, got {top}")
+    if not 0.0 <= unsure_below <= 1.0:
+        raise UsageError(f"--unsure-below must be between 0 and 1, got {unsure_below:g}")
     classifier = (
         model if isinstance(model, Classifier) else load_classifier(model, s3_endpoint=s3_endpoint)
     )
@@ -262,7 +276,12 @@ def predict_photos(
         reporter.update(start + len(batch), len(errors))
     reporter.finish(len(photos), len(errors))
     return [
-        PhotoPrediction(str(photo), ranked.get(i, []), errors.get(i))
+        PhotoPrediction(
+            str(photo),
+            ranked.get(i, []),
+            errors.get(i),
+            unsure=i in ranked and ranked[i][0][1] < unsure_below,
+        )
         for i, photo in enumerate(photos)
     ]
 

@@ -28,7 +28,7 @@ from p8lib.artifacts import FIGURE_KEY
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from p8lib.pipeline import RunResult
 
@@ -45,16 +45,22 @@ def sample_images(
     figure: plots.MakeFigure | None = None,
 ) -> Figure:
     """The first ``n`` images of the results (by path) with their labels: ``n`` rows read."""
-    rows = spark.read.parquet(result.parquet).select("path", "label").orderBy("path").limit(n)
+    rows = _originals(spark, result).select("path", "label").orderBy("path").limit(n)
     images = [(io.read_file(r["path"], endpoint=s3_endpoint), r["label"]) for r in rows.collect()]
     return plots.image_grid_figure(images, figure=figure)
+
+
+def _originals(spark: SparkSession, result: RunResult) -> DataFrame:
+    """The results' rows of the images themselves (not the variants of ``p8 run --augment``)."""
+    table = spark.read.parquet(result.parquet)
+    return table.where("variant = 0") if "variant" in table.columns else table
 
 
 def first_rows(spark: SparkSession, result: RunResult, *, n: int = 5) -> pd.DataFrame:
     """The first ``n`` rows by path: path, label, features and pca_features (their first values
     and length, to read as text), error."""
     columns = ("path", "label", "features", "pca_features", "error")
-    table = spark.read.parquet(result.parquet).select(*columns)
+    table = _originals(spark, result).select(*columns)
     rows: Any = table.orderBy("path").limit(n).toPandas()
     for column in ("features", "pca_features"):
         rows[column] = rows[column].map(_short)
@@ -97,7 +103,7 @@ def pca_scatter(
     them up to ``points``, else that many, spread over the table (the same ones each time)."""
     from pyspark.sql import functions as F
 
-    table = spark.read.parquet(result.parquet).where(F.col("error").isNull())
+    table = _originals(spark, result).where(F.col("error").isNull())
     chosen = table.orderBy(F.xxhash64("path")).limit(points)
     rows: Any = chosen.select("label", F.slice("pca_features", 1, 2).alias("xy")).toPandas()
     xy = np.stack(rows["xy"]) if len(rows) else np.zeros((0, 2))

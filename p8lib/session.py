@@ -190,6 +190,19 @@ def _is_local_master(master: str) -> bool:
     )
 
 
+def memory_share(share: float = 0.25, *, least_gb: int = 2, most_gb: int = 8) -> str:
+    """A JVM heap size: ``share`` of this machine's memory, in whole GiB within the bounds.
+
+    ``p8 train`` fits on every row at once (with ``--augment 4``, 28,200 rows of 2,178 values
+    overflowed 2g); ``p8 run`` streams and keeps 2g.
+
+    >>> 2 <= int(memory_share().removesuffix("g")) <= 8
+    True
+    """
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{max(least_gb, min(most_gb, int(total * share)))}g"
+
+
 def build_session(
     *,
     master: str = "local[*]",
@@ -198,6 +211,7 @@ def build_session(
     s3: bool = False,
     s3_endpoint: str | None = None,
     verbose: bool = False,
+    driver_memory: str = "2g",
 ) -> SparkSession:
     """Return the active SparkSession, or build one for ``master``.
 
@@ -227,7 +241,7 @@ def build_session(
     if _is_local_master(master):
         settings["spark.driver.host"] = "127.0.0.1"
         settings["spark.driver.bindAddress"] = "127.0.0.1"
-        settings["spark.driver.memory"] = "2g"
+        settings["spark.driver.memory"] = driver_memory
     if master.startswith("local") and not verbose:
         settings["spark.ui.enabled"] = "false"  # ~0.5 s of start-up; --verbose keeps it
     if verbose:

@@ -246,3 +246,31 @@ def test_classifier_on_held_out_fruits(spark, fruits_dir, tmp_path) -> None:
     assert ev.rows == n_test
     # Chance is 1/6; MobileNetV2 features and colour separate these fruits almost perfectly.
     assert ev.accuracy > 0.9 and ev.macro_f1 > 0.9
+
+
+def test_a_model_fitted_without_standardization_predicts_as_spark(
+    spark, sample_model, sample_run, tmp_path
+) -> None:
+    """--no-standardization: another fit (the penalty on the raw PCA scale), the same reading."""
+    from p8lib.classify import train
+    from p8lib.predict import load_classifier
+
+    result = train(
+        features=sample_run.output,
+        model=str(tmp_path / "m"),
+        test=sample_run.output,
+        k=10,
+        reg_param=0.01,
+        standardization=False,
+    )
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["standardization"] is False
+    classifier = load_classifier(tmp_path / "m")
+    standardized = load_classifier(sample_model.model.removeprefix("file://"))
+    assert not np.allclose(classifier.coefficients, standardized.coefficients)
+    rows = list(_spark_scores(spark, str(tmp_path / "m"), sample_run.parquet).values())
+    probs = classifier.probabilities(
+        np.stack([np.asarray(r["features"]) for r in rows]),
+        np.stack([np.asarray(r["color"]) for r in rows]),
+    )
+    np.testing.assert_allclose(probs, np.stack([np.asarray(r["p"]) for r in rows]), atol=1e-9)
+    assert result.evaluation.rows == 34

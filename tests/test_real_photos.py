@@ -1,0 +1,258 @@
+"""Issue 18: photo-like variants in the featurization, `p8 evaluate`, and `p8 predict`'s unsure.
+
+The variants' pixels come from p8lib.augment; here the pipeline's rows are checked against the
+network run directly on them, the scores of `p8 evaluate` against `p8 predict --json`'s own
+answers scored by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import p8
+
+from p8lib import augment
+
+
+def _fruit_on_white(colour: tuple[int, int, int], size: int = 100) -> np.ndarray:
+    image = np.full((size, size, 3), 255, np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    image[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = colour
+    return image
+
+
+def test_variants_put_the_fruit_on_other_backgrounds() -> None:
+    red = _fruit_on_white((200, 30, 30))
+    first = augment.variants(red, 6, size=224)
+    assert len(first) == 6 and all(v.shape == (224, 224, 3) and v.dtype == np.uint8 for v in first)
+    # The same image gives the same variants; another image, or another variant, others.
+    again = augment.variants(red, 6, size=224)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], first[1])
+    assert not np.array_equal(augment.variants(_fruit_on_white((30, 200, 30)), 1)[0], first[0])
+    assert augment.variants(red, 0) == []
+    for v in first:
+        pixels = v.reshape(-1, 3).astype(int)
+        reddish = (pixels[:, 0] > pixels[:, 1] + 60) & (pixels[:, 0] > pixels[:, 2] + 60)
+        white = (pixels > 235).all(axis=1)
+        assert reddish.mean() > 0.02  # the fruit is there
+        assert white.mean() < 0.5  # the white background is not
+
+
+def test_cutout_keeps_the_fruit_and_drops_the_white() -> None:
+    fruit = augment.cutout(_fruit_on_white((40, 160, 40)))
+    alpha = np.asarray(fruit.getchannel("A"))
+    # Cropped to the disc (diameter 2/3 of 100 px, a little shaved), opaque inside, clear
+    # in the corners.
+    assert 55 <= fruit.size[0] <= 70 and 55 <= fruit.size[1] <= 70
+    assert alpha[fruit.size[1] // 2, fruit.size[0] // 2] == 255
+    assert alpha[0, 0] == 0 and alpha[-1, -1] == 0
+    blank = augment.cutout(np.full((50, 50, 3), 255, np.uint8))
+    assert blank.size == (50, 50)  # nothing but white: the whole frame is kept
+
+
+@pytest.fixture(scope="module")
+def augmented(spark, sample_dir, tmp_path_factory):
+    """Six sample images of three classes, with 2 variants of each."""
+    from p8lib.pipeline import run
+
+    root = tmp_path_factory.mktemp("augment")
+    for folder in sorted(p for p in sample_dir.iterdir() if p.is_dir())[:3]:
+        for image in sorted(folder.iterdir())[:2]:
+            (root / "images" / folder.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, root / "images" / folder.name / image.name)
+    result = run(images=str(root / "images"), output=str(root / "out"), augment=2, k=2)
+    return root, result
+
+
+def test_run_adds_the_variants_as_rows(augmented, sample_table, weights_path) -> None:
+    from p8lib import engine
+    from p8lib.featurize import color_histogram, load_image
+
+    root, result = augmented
+    table = pd.read_parquet(result.parquet.removeprefix("file://"))
+    assert len(table) == 18 and sorted(table["variant"].value_counts().items()) == [
+        (0, 6),
+        (1, 6),
+        (2, 6),
+    ]
+    manifest = json.loads((root / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["images"] == 6 and manifest["counts"]["featurized"] == 6
+    assert manifest["augmentation"] == {"variants": 2, "descriptor": augment.DESCRIPTOR}
+    # Variant 0 is the image itself: the features of the run without variants.
+    plain = sample_table.assign(name=sample_table["path"].map(lambda p: Path(p).name))
+    for _, row in table[table["variant"] == 0].iterrows():
+        same = plain[plain["name"] == Path(row["path"]).name].iloc[0]
+        np.testing.assert_allclose(row["features"], same["features"], atol=1e-4)
+    # Variants 1 and 2: the network on augment.variants() of the image's pixels.
+    digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    network = engine.prepare(
+        engine="openvino",
+        precision="fp32",
+        weights_path=weights_path,
+        weights_sha256=digest,
+        image_size=224,
+    )
+    net = engine.load(network, threads=1)
+    path = table["path"].iloc[0]
+    pixels = load_image(Path(path.removeprefix("file:")).read_bytes(), 224)
+    expected = augment.variants(pixels, 2)
+    reference = engine.embed(net, np.stack(expected))
+    rows = table[table["path"] == path].sort_values("variant")
+    np.testing.assert_allclose(np.stack(rows["features"])[1:], reference, atol=1e-4)
+    colors = np.stack([color_histogram(v) for v in expected])
+    np.testing.assert_allclose(np.stack(rows["color"])[1:], colors, atol=1e-6)
+    assert rows["label"].nunique() == 1 and rows["error"].isna().all()
+
+
+def test_incremental_run_keeps_the_variants(spark, augmented) -> None:
+    from p8lib.pipeline import run
+
+    root, first = augmented
+    again = run(
+        images=str(root / "images"), output=str(root / "out"), augment=2, k=2, mode="incremental"
+    )
+    assert again.manifest.counts.reused == 6 and again.featurized == 0
+    table = pd.read_parquet(again.parquet.removeprefix("file://"))
+    assert len(table) == 18 and set(table["variant"]) == {0, 1, 2}
+
+
+def test_a_model_trained_on_variants_is_evaluated_on_images_only(spark, augmented) -> None:
+    from p8lib.classify import train
+
+    root, result = augmented
+    model = train(features=result.output, model=str(root / "model"), test=result.output, k=2)
+    assert model.train_rows == 18  # images and variants
+    assert model.evaluation.rows == 6  # the images alone
+    info = json.loads((root / "model" / "model.json").read_text())
+    assert info["augmentation"]["variants"] == 2
+
+
+def _photo_folder(sample_dir: Path, root: Path) -> tuple[Path, dict[str, str]]:
+    """Sample images under shop-like folder names (with a space), and each folder's class."""
+    classes = {}
+    for i, folder in enumerate(sorted(p for p in sample_dir.iterdir() if p.is_dir())[:4]):
+        target = root / "photos" / f"Shop item {i}"
+        target.mkdir(parents=True)
+        for image in sorted(folder.iterdir())[:2]:
+            shutil.copy(image, target / image.name)
+        classes[target.name] = folder.name
+    return root / "photos", classes
+
+
+def test_evaluate_scores_what_predict_answers(sample_model, sample_dir, tmp_path) -> None:
+    photos, classes = _photo_folder(sample_dir, tmp_path)
+    fruits = {name: f"fruit-{name.split()[0].lower()}" for name in sample_model.info.labels}
+    labels = {
+        folder: {"fine": [cls], "coarse": fruits.get(cls, "unknown")}
+        for folder, cls in classes.items()
+    }
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    (tmp_path / "coarse_map.json").write_text(json.dumps(fruits))  # found beside labels.json
+    model = sample_model.model.removeprefix("file://")
+    out = tmp_path / "evaluation"
+    result = p8(
+        "evaluate", "--model", model, "--images", str(photos), "--labels",
+        str(tmp_path / "labels.json"), "--output", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "evaluation.json").read_text())
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The reference: p8 predict's answers for the same photos, scored here.
+    files = sorted(str(p) for p in photos.rglob("*.jpg"))
+    answers = [json.loads(line) for line in p8("predict", *files, "--model", model, "--json")
+               .stdout.splitlines()]  # fmt: skip
+    fine1 = fine3 = coarse1 = coarse3 = 0
+    for path, answer in zip(files, answers, strict=True):
+        truth = labels[Path(path).parent.name]
+        top = [t["label"] for t in answer["top"]]
+        fine1 += top[0] in truth["fine"]
+        fine3 += any(t in truth["fine"] for t in top)
+        coarse1 += fruits[top[0]] == truth["coarse"]
+        coarse3 += truth["coarse"] in [fruits[t] for t in top]
+    n = len(files)
+    assert report["photos"] == n == 8
+    assert report["fine_top1"] == pytest.approx(fine1 / n)
+    assert report["fine_top3"] == pytest.approx(fine3 / n)
+    assert report["coarse_top1"] == pytest.approx(coarse1 / n)
+    assert report["coarse_top3"] == pytest.approx(coarse3 / n)
+    assert [r["photos"] for r in report["per_folder"]] == [2, 2, 2, 2]
+    curve = report["unsure_curve"]
+    assert curve[0]["threshold"] == 0 and curve[0]["answered"] == 1
+    assert [c["answered"] for c in curve] == sorted((c["answered"] for c in curve), reverse=True)
+    assert f"{n} photos: fine top-1 {fine1 / n:.1%}" in result.stdout
+
+
+def test_evaluate_without_labels_uses_folder_names(sample_model, sample_dir, tmp_path) -> None:
+    photos = tmp_path / "photos"
+    for folder in sorted(p for p in sample_dir.iterdir() if p.is_dir())[:3]:
+        shutil.copytree(folder, photos / folder.name)
+    model = sample_model.model.removeprefix("file://")
+    result = p8("evaluate", "--model", model, "--images", str(photos))
+    assert result.returncode == 0, result.stderr
+    files = sorted(str(p) for p in photos.rglob("*.jpg"))
+    answers = [json.loads(x) for x in p8("predict", *files, "--model", model, "--json")
+               .stdout.splitlines()]  # fmt: skip
+    right = sum(
+        a["top"][0]["label"] == Path(f).parent.name for f, a in zip(files, answers, strict=True)
+    )
+    assert f"{len(files)} photos: fine top-1 {right / len(files):.1%}" in result.stdout
+
+
+def test_evaluate_refuses_bad_input_and_keeps_what_exists(
+    sample_model, sample_dir, tmp_path
+) -> None:
+    photos, classes = _photo_folder(sample_dir, tmp_path)
+    model = sample_model.model.removeprefix("file://")
+    first = next(iter(classes))
+    (tmp_path / "labels.json").write_text(json.dumps({first: {"fine": [], "coarse": "x"}}))
+    missing = p8(
+        "evaluate", "--model", model, "--images", str(photos), "--labels",
+        str(tmp_path / "labels.json"),
+    )  # fmt: skip
+    assert missing.returncode == 2 and "has no entry" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    out = tmp_path / "kept"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    taken = p8("evaluate", "--model", model, "--images", str(photos), "--output", str(out))
+    assert taken.returncode == 2 and "not an empty folder" in taken.stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    nothing = p8("evaluate", "--model", model, "--images", str(tmp_path / "nowhere"))
+    assert nothing.returncode == 2 and "not a folder" in nothing.stderr
+
+
+def test_predict_says_when_it_is_unsure(sample_model, sample_dir) -> None:
+    model = sample_model.model.removeprefix("file://")
+    photos = [str(p) for p in sorted(sample_dir.rglob("*.jpg"))[:4]]
+    sure = [json.loads(x) for x in p8("predict", *photos, "--model", model, "--json",
+            "--unsure-below", "0").stdout.splitlines()]  # fmt: skip
+    assert [line["unsure"] for line in sure] == [False] * 4
+    # Below each photo's own top probability (but above the next one's): unsure exactly then.
+    cut = sorted(line["top"][0]["probability"] for line in sure)[2]
+    lines = p8("predict", *photos, "--model", model, "--unsure-below", str(cut)).stdout
+    for line, answer in zip(lines.splitlines(), sure, strict=True):
+        unsure = answer["top"][0]["probability"] < cut
+        assert ("unsure (perhaps " in line) == unsure, line
+        assert answer["top"][0]["label"] in line
+    bad = p8("predict", photos[0], "--model", model, "--unsure-below", "1.5")
+    assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
+
+
+def test_augment_is_checked_and_planned(sample_dir, tmp_path) -> None:
+    out = str(tmp_path / "out")
+    plan = p8("run", "--images", str(sample_dir), "--output", out, "--dry-run", "--augment", "3")
+    assert plan.returncode == 0, plan.stderr
+    assert "3 variants of each image" in plan.stdout
+    plain = p8("run", "--images", str(sample_dir), "--output", out, "--dry-run")
+    assert "variants" not in plain.stdout
+    for bad in ("21", "-1"):
+        refused = p8("run", "--images", str(sample_dir), "--output", out, "--augment", bad)
+        assert refused.returncode == 2 and "--augment must be between 0 and 20" in refused.stderr
+    assert not (tmp_path / "out").exists()
