@@ -16,7 +16,7 @@ S3_PORT ?= 8333
 BENCH_SIZES ?= 2000,8000,0
 # `make classifier PRECISION=int8`: both runs calibrated on the same images (Training-subset).
 PRECISION ?= fp32
-# `make classifier AUGMENT=4 TRAIN_ARGS=--no-standardization`: the model for real photos (README).
+# `make classifier AUGMENT=4 TRAIN_ARGS="--no-standardization --reg-param 0.001"`: for real photos (README).
 AUGMENT ?= 0
 TRAIN_ARGS ?=
 OUTSIDE_PHOTOS ?= $(FRUITS360_DIR)/../outside-photos
