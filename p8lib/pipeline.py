@@ -378,7 +378,7 @@ def _previous_features(
         return None
     if previous.featurization != _featurization(config, inputs):
         log(
-            "the previous results used other weights, image size or colour histogram: "
+            "the previous results used other weights, image size, colour histogram or variants: "
             "featurizing everything"
         )
         return None
