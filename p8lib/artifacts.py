@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from p8lib.errors import UsageError
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 FORMAT_VERSION = 1
 FEATURE_DIM = 1280  # MobileNetV2's pooled features
@@ -221,6 +221,21 @@ def read_run(spark: SparkSession, uri: str, *, what: str) -> RunManifest:
         )
     where = f"{what} {uri}/{MANIFEST}"
     return RunManifest.from_json(io.read_bytes(spark, f"{uri}/{MANIFEST}"), where=where)
+
+
+def read_rows(spark: SparkSession, parquet: str) -> DataFrame:
+    """A run's table; rows written before ``p8 run --augment`` get ``variant`` 0."""
+    from pyspark.sql import functions as F
+
+    table = spark.read.parquet(parquet)
+    return table if "variant" in table.columns else table.withColumn("variant", F.lit(0))
+
+
+def only_images(rows: DataFrame) -> DataFrame:
+    """The rows of the images themselves, not of their photo-like variants."""
+    from pyspark.sql import functions as F
+
+    return rows.where(F.col("variant") == 0)
 
 
 def _parse(text: bytes | str, *, where: str) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from p8lib.artifacts import (
     Col,
     ModelInfo,
     RunManifest,
+    only_images,
+    read_rows,
     read_run,
 )
 from p8lib.config import TrainConfig
@@ -79,10 +81,7 @@ class Evaluation:
 
     def confusion_cells(self, n: int = 10) -> list[tuple[int, int]]:
         """(true, predicted) indices of the ``n`` largest non-zero off-diagonal cells."""
-        off = self.matrix.copy()
-        np.fill_diagonal(off, 0)
-        cells = [np.unravel_index(i, off.shape) for i in np.argsort(off, axis=None)[::-1][:n]]
-        return [(int(t), int(p)) for t, p in cells if off[t, p] > 0]
+        return plots.confusion_cells(self.matrix, n)
 
     def top_confusions(self, n: int = 10) -> list[dict[str, Any]]:
         """The ``n`` largest off-diagonal cells: true label, predicted label, count."""
@@ -209,7 +208,7 @@ def _training_data(spark: SparkSession, config: TrainConfig, places: Places) -> 
     if test_uri is None:
         on = "held-out fifth of --features, set aside"
         held_out = rows.where(_held_out("evaluation"))
-        return _Data(rows.where(~_held_out("evaluation")), _originals(held_out), manifest, on)
+        return _Data(rows.where(~_held_out("evaluation")), only_images(held_out), manifest, on)
     test_rows, test_manifest = _read_features(spark, test_uri, "--test", config)
     ours, theirs = manifest.featurization, test_manifest.featurization
     if (ours.weights_sha256, ours.image_size, ours.precision) != (
@@ -227,14 +226,8 @@ def _training_data(spark: SparkSession, config: TrainConfig, places: Places) -> 
             "--test's int8 network was calibrated on other images than --features': run both "
             "with the same --calibration"
         )
-    return _Data(rows, _originals(test_rows), manifest, f"test {test_uri}")
-
-
-def _originals(rows: DataFrame) -> DataFrame:
-    """The images themselves, not their photo-like variants: what a model is evaluated on."""
-    from pyspark.sql import functions as F
-
-    return rows.where(F.col("variant") == 0)
+    # Evaluated on the images themselves, never on their photo-like variants.
+    return _Data(rows, only_images(test_rows), manifest, f"test {test_uri}")
 
 
 def _read_features(
@@ -244,7 +237,7 @@ def _read_features(
     from pyspark.sql import functions as F
 
     manifest = read_run(spark, uri, what=what)
-    df = spark.read.parquet(f"{uri}/{PARQUET}")
+    df = read_rows(spark, f"{uri}/{PARQUET}")
     if config.color and (
         "color" not in df.columns or manifest.featurization.color != COLOR_DESCRIPTOR
     ):
@@ -252,8 +245,6 @@ def _read_features(
             f"{what} {uri} has no {COLOR_DESCRIPTOR} colour histograms (an older p8 run): "
             "run `p8 run` again with --mode overwrite, or train with --no-color"
         )
-    if "variant" not in df.columns:  # written before p8 run --augment
-        df = df.withColumn("variant", F.lit(0))
     columns = ["path", "label", "features", "variant", *(["color"] if config.color else [])]
     return df.where(F.col("features").isNotNull()).select(*columns), manifest
 

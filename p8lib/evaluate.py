@@ -289,15 +289,7 @@ def _output_folder(output: str | None) -> Path | None:
 
 def _write(report: Report, folder: Path) -> None:
     matrix, names = report.confusion()
-    off = matrix.copy()
-    np.fill_diagonal(off, 0)
-    order = np.argsort(off, axis=None)[::-1][:20]
-    cells = [
-        (int(t), int(p))
-        for t, p in zip(*np.unravel_index(order, off.shape), strict=True)
-        if off[t, p]
-    ]
-    figure = plots.confusion_figure(matrix, names, cells=cells)
+    figure = plots.confusion_figure(matrix, names, cells=plots.confusion_cells(matrix, 20))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFUSION_FILE).write_bytes(plots.to_png(figure))
     (folder / EVALUATION_FILE).write_text(json.dumps(report.as_dict(), indent=2))

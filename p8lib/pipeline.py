@@ -27,6 +27,7 @@ from p8lib.artifacts import (
     Inputs,
     PcaRecord,
     RunManifest,
+    read_rows,
     read_run,
 )
 from p8lib.config import RunConfig
@@ -367,8 +368,6 @@ def _previous_features(
 ) -> DataFrame | None:
     """With ``--mode incremental``: the rows of the last run that can be reused (same weights,
     size, histogram and variants), or None."""
-    from pyspark.sql import functions as F
-
     if config.mode != "incremental" or not io.exists(spark, f"{output_uri}/{MANIFEST}"):
         return None
     try:
@@ -382,10 +381,7 @@ def _previous_features(
             "featurizing everything"
         )
         return None
-    table = spark.read.parquet(f"{output_uri}/{PARQUET}")
-    if "variant" not in table.columns:  # written before p8 run --augment
-        table = table.withColumn("variant", F.lit(0))
-    return table.select(
+    return read_rows(spark, f"{output_uri}/{PARQUET}").select(
         "path", "size", "modification_time", "features", "color", "error", "variant"
     )
 

@@ -108,6 +108,21 @@ def pca_scatter_figure(
     return fig
 
 
+def confusion_cells(matrix: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """(true, predicted) indices of the ``n`` largest non-zero off-diagonal cells, largest
+    first: the cells :func:`confusion_figure` shows.
+
+    Examples
+    --------
+    >>> confusion_cells(np.array([[5, 2, 0], [0, 4, 3], [1, 0, 6]]), 2)
+    [(1, 2), (0, 1)]
+    """
+    off = np.asarray(matrix).copy()
+    np.fill_diagonal(off, 0)
+    cells = [np.unravel_index(i, off.shape) for i in np.argsort(off, axis=None)[::-1][:n]]
+    return [(int(t), int(p)) for t, p in cells if off[t, p] > 0]
+
+
 def confusion_figure(
     matrix: np.ndarray,
     labels: list[str],

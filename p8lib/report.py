@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from p8lib import io, plots
-from p8lib.artifacts import FIGURE_KEY
+from p8lib.artifacts import FIGURE_KEY, only_images, read_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,8 +52,7 @@ def sample_images(
 
 def _originals(spark: SparkSession, result: RunResult) -> DataFrame:
     """The results' rows of the images themselves (not the variants of ``p8 run --augment``)."""
-    table = spark.read.parquet(result.parquet)
-    return table.where("variant = 0") if "variant" in table.columns else table
+    return only_images(read_rows(spark, result.parquet))
 
 
 def first_rows(spark: SparkSession, result: RunResult, *, n: int = 5) -> pd.DataFrame:
