@@ -215,7 +215,10 @@ class Report:
             f" · coarse (the fruit) top-1 {t['coarse_top1']:.1%}, top-3 {t['coarse_top3']:.1%}"
         ]
         if self.unreadable:
-            out.append(f"{len(self.unreadable)} photos could not be read: {self.unreadable[0]}…")
+            n, more = len(self.unreadable), "…" if len(self.unreadable) > 1 else ""
+            out.append(
+                f"{n} photo{'s' if n != 1 else ''} could not be read: {self.unreadable[0]}{more}"
+            )
         out.append("per folder: photos, fine top-1, coarse top-1, the fruit most often named")
         out += [
             f"  {r['folder']}: {r['photos']}, {r['fine_top1']:.0%}, {r['coarse_top1']:.0%}, "
