@@ -111,9 +111,11 @@ class Job:
         spark: SparkSession | None = None,
         verbose: bool = False,
         driver_memory: str = "2g",
+        short: bool = False,
     ) -> SparkSession:
         """``spark`` (a kernel's session) configured for S3 if needed, or a new one (with
-        ``driver_memory`` on a local master, unless ``--conf`` says otherwise)."""
+        ``driver_memory`` on a local master, unless ``--conf`` says otherwise; ``short``: a job
+        of seconds, see :func:`p8lib.session.jit_options`)."""
         if spark is None:
             return build_session(
                 master=settings.master,
@@ -122,6 +124,7 @@ class Job:
                 s3_endpoint=settings.s3_endpoint,
                 verbose=verbose,
                 driver_memory=driver_memory,
+                short=short,
             )
         if uses_s3:
             configure_s3(spark, settings.s3_endpoint)

@@ -44,7 +44,7 @@ from p8lib.job import Job, Places, versions, write_json
 from p8lib.listing import IMAGE_EXTENSIONS, Listing, extension
 from p8lib.progress import duration
 from p8lib.reduce import Reduction, fit_reduce, max_k
-from p8lib.session import on_emr
+from p8lib.session import SHORT_RUN_IMAGES, jit_of, on_emr
 
 if TYPE_CHECKING:
     from pyspark import Accumulator
@@ -158,7 +158,14 @@ def execute(
         s3_endpoint=config.s3_endpoint,
     )
     inputs = _gather(config, places, log=job.log)
-    spark = job.session(config, uses_s3=places.uses_s3, spark=spark, verbose=verbose)
+    images = len(inputs.listing.files) * (1 + config.augment)
+    spark = job.session(
+        config,
+        uses_s3=places.uses_s3,
+        spark=spark,
+        verbose=verbose,
+        short=images < SHORT_RUN_IMAGES,
+    )
     with job.output(
         spark,
         places.output,
@@ -538,6 +545,7 @@ def _manifest(
             "master": spark.sparkContext.master,
             "version": spark.version,
             "default_parallelism": spark.sparkContext.defaultParallelism,
+            "jit": jit_of(spark),
         },
         versions=versions(),
     )
