@@ -115,7 +115,7 @@ class Job:
     ) -> SparkSession:
         """``spark`` (a kernel's session) configured for S3 if needed, or a new one (with
         ``driver_memory`` on a local master, unless ``--conf`` says otherwise; ``short``: a job
-        of seconds, see :func:`p8lib.session.jit_options`)."""
+        of seconds, see :func:`p8lib.jvm.jit_options`)."""
         if spark is None:
             return build_session(
                 master=settings.master,

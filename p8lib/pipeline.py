@@ -41,10 +41,11 @@ from p8lib.featurize import (
     resolve_weights,
 )
 from p8lib.job import Job, Places, versions, write_json
+from p8lib.jvm import SHORT_RUN_IMAGES, archive_of, jit_of
 from p8lib.listing import IMAGE_EXTENSIONS, Listing, extension
 from p8lib.progress import duration
 from p8lib.reduce import Reduction, fit_reduce, max_k
-from p8lib.session import SHORT_RUN_IMAGES, jit_of, on_emr
+from p8lib.session import on_emr
 
 if TYPE_CHECKING:
     from pyspark import Accumulator
@@ -546,6 +547,7 @@ def _manifest(
             "version": spark.version,
             "default_parallelism": spark.sparkContext.defaultParallelism,
             "jit": jit_of(spark),
+            "class_archive": archive_of(spark),
         },
         versions=versions(),
     )

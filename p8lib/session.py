@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from p8lib import jvm
 from p8lib.errors import P8Error
 from p8lib.packaged import LOG4J_CONF
 from p8lib.s3 import endpoint_url
@@ -184,33 +185,6 @@ def _on_interrupt(spark: SparkSession) -> None:
         signal.signal(signal.SIGINT, handler)
 
 
-# The JVM's JIT on a machine where it shares the cores with the Python workers (local and
-# loopback masters). Measured on 2 cores (make bench, full Test): by default C2 compiled for
-# ~11 s of CPU time during a run, taken from the network; with C2 kept for the really hot
-# methods (thresholds ×10, e.g. the Parquet writer's loops) the run took 141 s instead of
-# 146 s. A short run (the 34-image demo) is quicker still with C1 alone: 9.7 s instead of
-# 10.9 s, but C1's Parquet writer is 2.5× slower, so only below SHORT_RUN_IMAGES.
-HOT_ONLY_C2 = (
-    "-XX:Tier4InvocationThreshold=100000 -XX:Tier4MinInvocationThreshold=60000 "
-    "-XX:Tier4CompileThreshold=150000 -XX:Tier4BackEdgeThreshold=400000"
-)
-C1_ONLY = "-XX:TieredStopAtLevel=1"
-SHORT_RUN_IMAGES = 1000
-
-
-def jit_options(*, short: bool = False) -> str:
-    """The JIT options for a JVM that shares its cores with the Python workers."""
-    return C1_ONLY if short else HOT_ONLY_C2
-
-
-def jit_of(spark: SparkSession) -> list[str]:
-    """The JIT options the driver's JVM runs with (as it reports them: what was applied)."""
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    arguments = jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
-    return [str(a) for a in arguments if str(a).startswith(("-XX:Tier", "-XX:TieredStop"))]
-
-
 def _is_local_master(master: str) -> bool:
     return master.startswith("local") or master.startswith(
         ("spark://127.0.0.1", "spark://localhost")
@@ -246,7 +220,7 @@ def build_session(
     Inside an EMR/JupyterHub PySpark kernel the kernel's own session is reused as it is.
     ``s3``: S3 paths will be used; off EMR the S3A jars are added and S3A is configured
     (``s3_endpoint`` or ``$AWS_ENDPOINT_URL`` for a server other than AWS). On this machine
-    (local or loopback master) the JVMs get :func:`jit_options`; ``short``: a job of seconds.
+    (local or loopback master) the JVMs get :mod:`p8lib.jvm`'s options; ``short``: a job of seconds.
     """
     from pyspark.sql import SparkSession
 
@@ -276,11 +250,13 @@ def build_session(
     if verbose:
         settings["spark.ui.showConsoleProgress"] = "true"
     java_options = [] if verbose else [f"-Dlog4j2.configurationFile={LOG4J_CONF.as_uri()}"]
+    staged = None
     if _is_local_master(master):
-        java_options.append(jit_options(short=short))
-        settings["spark.executor.extraJavaOptions"] = jit_options()
+        archive, staged = jvm.archive_options()
+        java_options += [jvm.jit_options(short=short), archive]
+        settings["spark.executor.extraJavaOptions"] = jvm.jit_options()
     if java_options:
-        settings["spark.driver.extraJavaOptions"] = " ".join(java_options)
+        settings["spark.driver.extraJavaOptions"] = " ".join(o for o in java_options if o)
     if s3 and not on_emr():
         settings["spark.jars"] = ",".join(str(p) for p in ensure_s3_jars())
         endpoint = endpoint_url(s3_endpoint)
@@ -289,6 +265,8 @@ def build_session(
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    if staged is not None:
+        jvm.publish_at_exit(spark, staged)
     spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
     if _cli_interrupts:
         _on_interrupt(spark)

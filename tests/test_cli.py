@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import p8
 
-from p8lib import session
+from p8lib import jvm
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -65,7 +65,7 @@ def test_existing_output_is_kept_unless_overwrite(sample_dir: Path, tmp_path: Pa
     first = p8("run", "--images", str(sample_dir), "--output", str(out), "--k", "2")
     assert first.returncode == 0, first.stderr
     # 34 images: a short run, the JVM compiles with C1 only (as its own arguments say).
-    assert json.loads((out / "manifest.json").read_text())["spark"]["jit"] == [session.C1_ONLY]
+    assert json.loads((out / "manifest.json").read_text())["spark"]["jit"] == [jvm.C1_ONLY]
     (out / "previous.txt").write_text("keep me until replaced")
     refused = p8("run", "--images", str(sample_dir), "--output", str(out))
     _assert_usage_error(refused, "--mode overwrite")

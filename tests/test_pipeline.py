@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
-from p8lib import session
+from p8lib import jvm
 from p8lib.pipeline import run
 
 
@@ -167,7 +167,7 @@ def test_manifest_is_complete(sample_run):
     assert manifest["inputs"]["images"].startswith("file:///")
     assert manifest["spark"]["master"].startswith("local")
     # The suite's session (a local master, not a short run): C2 for the hot methods only.
-    assert manifest["spark"]["jit"] == session.HOT_ONLY_C2.split()
+    assert manifest["spark"]["jit"] == jvm.HOT_ONLY_C2.split()
     for lib in ("python", "pyspark", "tensorflow-cpu", "keras", "numpy", "pillow"):
         assert manifest["versions"][lib][0].isdigit(), lib
     assert set(manifest["seconds"]) == {"read", "featurize", "reduce", "write", "total"}
