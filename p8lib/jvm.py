@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,15 +127,22 @@ def _java() -> Path:
     return java.resolve()
 
 
-def publish_at_exit(spark: SparkSession, staged: Path) -> None:
+def publish_at_exit(
+    spark: SparkSession, staged: Path, *, abandon: Callable[[], bool] = lambda: False
+) -> None:
     """When this process exits: let the JVM exit (its stdin closed, as when Python quits), wait
-    for it to write ``staged``, and publish it if the JVM exited cleanly."""
+    for it to write ``staged``, and publish it if the JVM exited cleanly. If ``abandon()`` says
+    so then (an interrupted command: quit now), the JVM is killed and nothing is written."""
     proc = getattr(spark.sparkContext._gateway, "proc", None)
     if not isinstance(proc, subprocess.Popen) or proc.stdin is None:
         return
     target = class_archive()
 
     def publish() -> None:
+        if abandon():
+            proc.kill()
+            staged.unlink(missing_ok=True)
+            return
         try:
             spark.stop()
             proc.stdin.close()  # type: ignore[union-attr]

@@ -266,7 +266,7 @@ def build_session(
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     if staged is not None:
-        jvm.publish_at_exit(spark, staged)
+        jvm.publish_at_exit(spark, staged, abandon=INTERRUPTED.is_set)
     spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
     if _cli_interrupts:
         _on_interrupt(spark)

@@ -18,6 +18,8 @@ import pytest
 from helpers import ROOT, p8
 from PIL import Image
 
+from p8lib import engine
+
 ODD = "my photos #1 [x] 50% é 果"
 
 
@@ -482,8 +484,13 @@ def test_s3_server_killed_while_writing(sample_dir, tmp_path) -> None:
 def test_ctrl_c_cancels_the_run_and_leaves_nothing(fruits_dir, tmp_path) -> None:
     cmd = _long_run(fruits_dir, tmp_path / "images", tmp_path / "my out")
     log = tmp_path / "stderr.txt"
+    # No class archive yet: an interrupted JVM is killed, it writes none (nor a partial one).
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "openvino").symlink_to(engine.cache_dir(), target_is_directory=True)
+    env = {**os.environ, "P8_CACHE_DIR": str(cache)}
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stderr=err, start_new_session=True, env=env)
         deadline = time.monotonic() + 120
         while "featurizing" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -495,7 +502,9 @@ def test_ctrl_c_cancels_the_run_and_leaves_nothing(fruits_dir, tmp_path) -> None
     assert proc.returncode == 130, stderr[-3000:]
     assert stderr.rstrip().splitlines()[-1] == "p8: interrupted, nothing was published"
     assert "Traceback" not in stderr and "Py4J" not in stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "stderr.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "images", "stderr.txt"]
+    archives = cache / "jvm"
+    assert not archives.exists() or not list(archives.iterdir()), "no archive, none staged"
 
 
 def test_an_empty_lock_left_by_a_killed_command_is_taken_over(spark, tmp_path) -> None:
