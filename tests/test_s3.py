@@ -12,7 +12,7 @@ from helpers import p8
 from pyspark.sql import functions as F
 from s3server import SECRET_KEY
 
-from p8lib import io
+from p8lib import io, s3
 from p8lib.pipeline import run
 from p8lib.s3 import list_sizes, upload
 
@@ -90,6 +90,27 @@ def test_a_prefix_with_more_than_1000_objects_is_read_completely(
     assert read["label"].nunique() == len(classes)
     sizes = list_sizes(uri, endpoint=s3_server.endpoint)
     assert sorted(read["n"]) == sorted(sizes.values()), "every object's bytes were read"
+
+
+def test_the_listing_by_prefix_in_parallel_finds_what_s3_lists(s3_server, bucket) -> None:
+    """Class folders listed at once (several pages each) give exactly S3's own plain listing."""
+    client = s3_server.client()
+    keys = ["tree/top.jpg", "tree/marker/", "tree/b/deep/er/x.jpg", "tree/c d/é.jpg"]
+    keys += [f"tree/{label}/{i}.jpg" for label in ("a", "b", "z") for i in range(7)]
+    keys += ["tree-sibling/not-under.jpg", "tree/.hidden/h.jpg"]
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    expected = {
+        (o["Key"], o["Size"])
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="tree/")
+        for o in page.get("Contents", [])
+    }
+    location = s3.S3Location.parse(f"s3://{bucket}/tree")
+    found = [
+        (k, n) for k, n, _ in s3.list_objects(location, endpoint=s3_server.endpoint, page_size=2)
+    ]
+    assert len(found) == len(set(found)) == len(expected) == len(keys) - 1
+    assert set(found) == expected
 
 
 def _assert_one_error_line(result, fragment: str) -> None:
