@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -65,14 +66,20 @@ def class_archive() -> Path:
     ``~/.cache/p8/jvm``), keyed by the java binary (path, size, time) and pyspark's jars."""
     import pyspark
 
-    java = _java()
+    java, jars = _sources()
     stat = java.stat() if java.exists() else None
-    jars = Path(pyspark.__file__).parent / "jars"
     parts = [str(java), str(stat and (stat.st_size, stat.st_mtime_ns)), str(jars)]
     parts.append(pyspark.__version__)
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     root = os.environ.get("P8_CACHE_DIR") or Path.home() / ".cache" / "p8"
     return Path(root).expanduser() / "jvm" / f"{key}.jsa"
+
+
+def _sources() -> tuple[Path, Path]:
+    """The java binary and pyspark's jars folder an archive is made from."""
+    import pyspark
+
+    return _java(), Path(pyspark.__file__).parent / "jars"
 
 
 def archive_options() -> tuple[str, Path | None]:
@@ -81,20 +88,29 @@ def archive_options() -> tuple[str, Path | None]:
     if os.environ.get(NO_ARCHIVE_ENV):
         return "", None
     archive = class_archive()
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(archive.parent)
     if archive.is_file():
         return f"-XX:SharedArchiveFile={archive} {QUIET_CDS}", None
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(archive)
     staged = archive.with_name(f".{archive.name}.{os.getpid()}")
     return f"-XX:ArchiveClassesAtExit={staged} {QUIET_CDS}", staged
 
 
-def _remove_orphans(archive: Path) -> None:
-    """Archives staged by processes that are gone (killed before publishing)."""
-    for staged in archive.parent.glob(f".{archive.name}.*"):
+def _remove_stale(folder: Path) -> None:
+    """Archives staged by processes that are gone (a killed process, a notebook kernel), and
+    archives of a Java or pyspark no longer there (a deleted virtual environment)."""
+    for staged in folder.glob(".*.jsa.*"):
         pid = staged.suffix.lstrip(".")
         if pid.isdigit() and not _alive(int(pid)):
             staged.unlink(missing_ok=True)
+    for record in folder.glob("*.json"):
+        try:
+            paths = json.loads(record.read_text())
+        except (OSError, ValueError):
+            paths = {}
+        if not all(Path(p).exists() for p in paths.values()):
+            record.with_suffix(".jsa").unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -150,6 +166,9 @@ def publish_at_exit(
         except (OSError, ValueError, subprocess.TimeoutExpired):
             done = False
         if done and staged.is_file() and usable(staged):
+            java, jars = _sources()
+            record = {"java": str(java), "jars": str(jars)}
+            target.with_suffix(".json").write_text(json.dumps(record))
             os.replace(staged, target)
         else:
             staged.unlink(missing_ok=True)

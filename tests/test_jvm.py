@@ -61,3 +61,25 @@ def test_only_a_whole_archive_is_usable(two_runs: Path, tmp_path: Path) -> None:
     data = archive.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     assert not jvm.usable(truncated), "a truncated archive crashes the JVM that maps it"
+
+
+def test_stale_archives_are_removed_and_the_live_one_kept(
+    two_runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    folder = two_runs / "cache" / "jvm"
+    (live,) = folder.glob("*.jsa")
+    record = json.loads(live.with_suffix(".json").read_text())
+    assert Path(record["jars"]).is_dir() and Path(record["java"]).is_file()
+    # A deleted virtual environment's archive, and one staged by a process that is gone.
+    (folder / "gone.jsa").write_bytes(b"x")
+    (folder / "gone.json").write_text(json.dumps({"java": "/usr/bin/java", "jars": "/no/venv"}))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True).stdout.strip()  # fmt: skip
+    (folder / f".{live.name}.{dead}").write_bytes(b"x")
+    monkeypatch.setenv("P8_CACHE_DIR", str(two_runs / "cache"))
+    options, staged = jvm.archive_options()
+    assert staged is None and f"-XX:SharedArchiveFile={live}" in options
+    assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, f"{live.stem}.json"])
