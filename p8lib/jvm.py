@@ -63,23 +63,34 @@ def _arguments(spark: SparkSession) -> list[str]:
 
 def class_archive() -> Path:
     """This Java's and this pyspark's archive: ``$P8_CACHE_DIR/jvm/<key>.jsa`` (or
-    ``~/.cache/p8/jvm``), keyed by the java binary (path, size, time) and pyspark's jars."""
-    import pyspark
-
-    java, jars = _sources()
-    stat = java.stat() if java.exists() else None
-    parts = [str(java), str(stat and (stat.st_size, stat.st_mtime_ns)), str(jars)]
-    parts.append(pyspark.__version__)
-    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    ``~/.cache/p8/jvm``), keyed by the java binary and pyspark's jars folder (paths and times:
+    Java ignores an archive whose jars have changed, so a reinstall makes a new one)."""
+    key = hashlib.sha256(json.dumps(_sources()).encode()).hexdigest()[:16]
     root = os.environ.get("P8_CACHE_DIR") or Path.home() / ".cache" / "p8"
     return Path(root).expanduser() / "jvm" / f"{key}.jsa"
 
 
-def _sources() -> tuple[Path, Path]:
-    """The java binary and pyspark's jars folder an archive is made from."""
+def _sources() -> dict[str, str]:
+    """The java binary and pyspark's jars folder an archive is made from, with their times."""
     import pyspark
 
-    return _java(), Path(pyspark.__file__).parent / "jars"
+    found = {"java": _java(), "jars": Path(pyspark.__file__).parent / "jars"}
+    return {
+        **{name: str(path) for name, path in found.items()},
+        **{f"{name}_time": _mtime(path) for name, path in found.items()},
+    }
+
+
+def _mtime(path: Path) -> str:
+    return str(path.stat().st_mtime_ns) if path.exists() else "gone"
+
+
+def _still_there(made_from: dict[str, str]) -> bool:
+    """Whether the java binary and the jars an archive was made from are there, unchanged."""
+    return all(
+        made_from.get(f"{name}_time", "gone") == _mtime(Path(made_from.get(name, "/nonexistent")))
+        for name in ("java", "jars")
+    )
 
 
 def archive_options() -> tuple[str, Path | None]:
@@ -98,17 +109,17 @@ def archive_options() -> tuple[str, Path | None]:
 
 def _remove_stale(folder: Path) -> None:
     """Archives staged by processes that are gone (a killed process, a notebook kernel), and
-    archives of a Java or pyspark no longer there (a deleted virtual environment)."""
+    archives of a Java or pyspark no longer there or reinstalled (a deleted environment)."""
     for staged in folder.glob(".*.jsa.*"):
         pid = staged.suffix.lstrip(".")
         if pid.isdigit() and not _alive(int(pid)):
             staged.unlink(missing_ok=True)
     for record in folder.glob("*.json"):
         try:
-            paths = json.loads(record.read_text())
+            made_from = json.loads(record.read_text())
         except (OSError, ValueError):
-            paths = {}
-        if not all(Path(p).exists() for p in paths.values()):
+            made_from = {}
+        if not _still_there(made_from):
             record.with_suffix(".jsa").unlink(missing_ok=True)
             record.unlink(missing_ok=True)
 
@@ -166,9 +177,7 @@ def publish_at_exit(
         except (OSError, ValueError, subprocess.TimeoutExpired):
             done = False
         if done and staged.is_file() and usable(staged):
-            java, jars = _sources()
-            record = {"java": str(java), "jars": str(jars)}
-            target.with_suffix(".json").write_text(json.dumps(record))
+            target.with_suffix(".json").write_text(json.dumps(_sources()))
             os.replace(staged, target)
         else:
             staged.unlink(missing_ok=True)

@@ -73,13 +73,20 @@ def test_stale_archives_are_removed_and_the_live_one_kept(
     (live,) = folder.glob("*.jsa")
     record = json.loads(live.with_suffix(".json").read_text())
     assert Path(record["jars"]).is_dir() and Path(record["java"]).is_file()
-    # A deleted virtual environment's archive, and one staged by a process that is gone.
-    (folder / "gone.jsa").write_bytes(b"x")
-    (folder / "gone.json").write_text(json.dumps({"java": "/usr/bin/java", "jars": "/no/venv"}))
+    # Another environment's archive stays; a deleted one's goes, a reinstalled one's too (its
+    # jars folder has another time), and one staged by a process that is gone.
+    for name, changes in [
+        ("other", {}),
+        ("gone", {"jars": "/no/venv"}),
+        ("new", {"jars_time": "1"}),
+    ]:
+        (folder / f"{name}.jsa").write_bytes(b"x")
+        (folder / f"{name}.json").write_text(json.dumps({**record, **changes}))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
                           capture_output=True, check=True).stdout.strip()  # fmt: skip
     (folder / f".{live.name}.{dead}").write_bytes(b"x")
     monkeypatch.setenv("P8_CACHE_DIR", str(two_runs / "cache"))
     options, staged = jvm.archive_options()
     assert staged is None and f"-XX:SharedArchiveFile={live}" in options
-    assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, f"{live.stem}.json"])
+    kept = [live.name, f"{live.stem}.json", "other.jsa", "other.json"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept)
