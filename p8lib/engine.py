@@ -79,10 +79,14 @@ class Calibration:
     load: Callable[[], np.ndarray]
 
 
+def cache_root() -> Path:
+    """p8's cache: ``$P8_CACHE_DIR`` or ``~/.cache/p8`` (converted networks, class archives)."""
+    return Path(os.environ.get("P8_CACHE_DIR") or Path.home() / ".cache" / "p8").expanduser()
+
+
 def cache_dir() -> Path:
     """Where converted networks are kept: ``$P8_CACHE_DIR/openvino`` or ``~/.cache/p8/openvino``."""
-    root = os.environ.get("P8_CACHE_DIR") or Path.home() / ".cache" / "p8"
-    return Path(root).expanduser() / "openvino"
+    return cache_root() / "openvino"
 
 
 def check(engine: str, precision: str) -> None:

@@ -65,9 +65,10 @@ def class_archive() -> Path:
     """This Java's and this pyspark's archive: ``$P8_CACHE_DIR/jvm/<key>.jsa`` (or
     ``~/.cache/p8/jvm``), keyed by the java binary and pyspark's jars folder (paths and times:
     Java ignores an archive whose jars have changed, so a reinstall makes a new one)."""
+    from p8lib.engine import cache_root
+
     key = hashlib.sha256(json.dumps(_sources()).encode()).hexdigest()[:16]
-    root = os.environ.get("P8_CACHE_DIR") or Path.home() / ".cache" / "p8"
-    return Path(root).expanduser() / "jvm" / f"{key}.jsa"
+    return cache_root() / "jvm" / f"{key}.jsa"
 
 
 def _sources() -> dict[str, str]:

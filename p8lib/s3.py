@@ -138,7 +138,7 @@ def _list_level(
         Bucket=bucket, Prefix=prefix, Delimiter="/", PaginationConfig=config
     )
     for page in pages:
-        found += [(o["Key"], int(o["Size"]), o["LastModified"]) for o in page.get("Contents", [])]
+        found += _entries(page)
         subfolders += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
     return found, subfolders
 
@@ -148,11 +148,12 @@ def _list_all(s3: Any, bucket: str, prefix: str, page_size: int) -> list[tuple[s
     pages = s3.get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
     )
-    return [
-        (o["Key"], int(o["Size"]), o["LastModified"])
-        for page in pages
-        for o in page.get("Contents", [])
-    ]
+    return [entry for page in pages for entry in _entries(page)]
+
+
+def _entries(page: dict[str, Any]) -> list[tuple[str, int, datetime]]:
+    """Key, size and modification time of the objects of one ListObjectsV2 page."""
+    return [(o["Key"], int(o["Size"]), o["LastModified"]) for o in page.get("Contents", [])]
 
 
 def list_sizes(uri: str, *, endpoint: str | None = None) -> dict[str, int]:
