@@ -16,7 +16,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,6 +287,7 @@ def featurize_column(
     augment: int = 0,
     counter: Accumulator[int] | None = None,
     failed: Accumulator[int] | None = None,
+    read: Callable[[Iterator[pd.Series]], Iterator[pd.Series]] | None = None,
 ) -> Column:
     """A column ``struct<features, color array<float>, error string>`` from image bytes
     (+ ``augmented``, ``augmented_color``: see :func:`featurize_batch`).
@@ -294,6 +295,8 @@ def featurize_column(
     The network (an OpenVINO IR, or Keras weights) is broadcast once; each Python worker
     builds it on its first batch and keeps it for every later task. ``counter`` counts the
     images sent through the network, ``failed`` those that could not be read or decoded.
+    With ``read`` (e.g. :func:`p8lib.io.content_reader`), ``content`` holds what ``read``
+    turns into bytes (paths) in the same Python worker: one worker per task, not two.
     """
     from pyspark.sql import SparkSession
     from pyspark.sql.functions import pandas_udf
@@ -310,7 +313,7 @@ def featurize_column(
     @pandas_udf(_result_schema(augment))  # type: ignore[call-overload]
     def featurize_udf(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         model = engine.load(network_bc.value, threads=threads)
-        for contents in batches:
+        for contents in read(batches) if read else batches:
             # With variants, a batch's images are (N + 1) times as many: decoded by slices.
             step = max(1, len(contents) // (augment + 1))
             out = pd.concat(

@@ -7,7 +7,7 @@ works on the local disk, on S3 through S3A and on EMR through EMRFS.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -333,7 +333,15 @@ def file_content(path: Column, *, s3_endpoint: str | None = None) -> Column:
     from pyspark.sql.functions import pandas_udf
     from pyspark.sql.types import BinaryType
 
-    @pandas_udf(BinaryType())  # type: ignore[call-overload]
+    return pandas_udf(content_reader(s3_endpoint), BinaryType())(path)  # type: ignore[call-overload]
+
+
+def content_reader(
+    s3_endpoint: str | None = None,
+) -> Callable[[Iterator[pd.Series]], Iterator[pd.Series]]:
+    """Batches of paths → batches of their bytes (None where a file can't be read), for a
+    pandas UDF of its own (:func:`file_content`) or inside another one's worker."""
+
     def content(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
         client = None
         for paths in batches:
@@ -343,7 +351,7 @@ def file_content(path: Column, *, s3_endpoint: str | None = None) -> Column:
                 client = s3.client(s3_endpoint)  # one per task, not one per file
             yield pd.Series([_read_or_none(p, s3_endpoint, client) for p in paths], dtype=object)
 
-    return content(path)
+    return content
 
 
 def _read_or_none(path: str, endpoint: str | None, s3_client: Any) -> bytes | None:

@@ -421,7 +421,8 @@ def _featurize(
         reused = images.join(previous, on=keys, how="inner").withColumn("_reused", F.lit(True))
         todo = images.join(reused.select(*keys), on=keys, how="left_anti")
     result = featurize_column(
-        io.file_content(F.col("path"), s3_endpoint=config.s3_endpoint),
+        F.col("path"),
+        read=io.content_reader(config.s3_endpoint),
         network=inputs.network,
         batch_size=config.batch_size or engine.BATCH[config.engine],
         augment=config.augment,
