@@ -492,10 +492,10 @@ PRICES: dict[str, tuple[int, float, float]] = {
 SPOT_SHARE = 0.35
 # Cluster start (provisioning + bootstrap) billed before the first image is read, in hours.
 STARTUP_HOURS = 0.2
-# Images per second per worker vCPU: with OpenVINO fp32, 23,619 Test images took 153 s end to
-# end on 2 cores here (77/s per core); an m5 vCPU is a hyperthread, so 64 is assumed (the same
-# discount as before: 48/s per core with Keras gave 40). Measure a run before budgeting.
-RATE_PER_VCPU = 64.0
+# Images per second per worker vCPU: with OpenVINO fp32, 23,619 Test images took 138.7-144.2 s
+# end to end on 2 cores here (83/s per core); an m5 vCPU is a hyperthread, so 69 is assumed (the
+# same discount as before: 48/s per core with Keras gave 40). Measure a run before budgeting.
+RATE_PER_VCPU = 69.0
 
 
 # On an EMR node: the cluster's instance groups (EMR writes this file on every node).

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 MIN_IMAGES_PER_TASK = 256
 MAX_TASKS_PER_CORE = 16
 # End-to-end images per second per core, measured by `make bench` (full Test, 23,619 images in
-# 153 s on 2 cores with OpenVINO fp32, 2026-11-26): the dry run's time estimate. EMR's cost
-# model has its own (emr.RATE_PER_VCPU).
-IMAGES_PER_CORE_SECOND = 77.0
+# 138.7 and 144.2 s on 2 cores with OpenVINO fp32, 2026-11-26 night: 83/s per core): the dry
+# run's time estimate. EMR's cost model has its own (emr.RATE_PER_VCPU).
+IMAGES_PER_CORE_SECOND = 83.0
 LOCAL_RE = re.compile(r"^local(?:\[(\*|\d+)(?:,\d+)?\])?$")
 UNLIMITED = 2**31 - 1  # Spark's "infinity" for maxExecutors
 
