@@ -56,28 +56,25 @@ def on_cluster(images: Path, workers: int, scratch: Path) -> dict[str, Any]:
 def after_first_task(event_log: Path, plan: dict[str, Any]) -> float:
     """Images per second of the featurize stage's tasks after each executor's first, summed
     over the executors (each runs its tasks one after another: rate = images / run time)."""
-    ends = [json.loads(line) for line in event_log.read_text().splitlines()]
-    ends = [e for e in ends if e["Event"] == "SparkListenerTaskEnd"]
+    events = [json.loads(line) for line in event_log.read_text().splitlines()]
+    by_stage: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        if e["Event"] == "SparkListenerTaskEnd":
+            by_stage.setdefault(e["Stage ID"], []).append(e)
+
+    def run_ms(tasks: list[dict[str, Any]]) -> int:
+        return sum(e["Task Metrics"]["Executor Run Time"] for e in tasks)
+
     # The featurize stage: the one with the planned task count that ran longest.
-    stages = {e["Stage ID"] for e in ends}
-    seconds = {
-        s: sum(e["Task Metrics"]["Executor Run Time"] for e in ends if e["Stage ID"] == s)
-        for s in stages
-    }
-    stage = max(
-        (s for s in stages if sum(e["Stage ID"] == s for e in ends) == plan["tasks"]),
-        key=seconds.__getitem__,
-    )
+    stage = max((t for t in by_stage.values() if len(t) == plan["tasks"]), key=run_ms)
     by_executor: dict[str, list[dict[str, Any]]] = {}
-    for e in sorted(ends, key=lambda e: e["Task Info"]["Launch Time"]):
-        if e["Stage ID"] == stage:
-            by_executor.setdefault(e["Task Info"]["Executor ID"], []).append(e)
+    for e in sorted(stage, key=lambda e: e["Task Info"]["Launch Time"]):
+        by_executor.setdefault(e["Task Info"]["Executor ID"], []).append(e)
     rate = 0.0
     for tasks in by_executor.values():
         later = tasks[1:]
         if later:
-            run_s = sum(e["Task Metrics"]["Executor Run Time"] for e in later) / 1000
-            rate += len(later) * plan["images_per_task"] / run_s
+            rate += len(later) * plan["images_per_task"] / (run_ms(later) / 1000)
     return round(rate, 1)
 
 

@@ -300,7 +300,7 @@ def read_file(path: str, *, endpoint: str | None = None, s3_client: Any = None) 
 
 def read_images(spark: SparkSession, listing: Listing, *, partitions: int) -> DataFrame:
     """The listed files as rows ``path, label, size, modification_time``, in ``partitions``
-    tasks. Their bytes are read by the executors: :func:`file_content`."""
+    tasks. Their bytes are read by the executors: :func:`content_reader`."""
     import pandas as pd
 
     rows = pd.DataFrame(
