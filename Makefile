@@ -16,8 +16,9 @@ S3_PORT ?= 8333
 BENCH_SIZES ?= 2000,8000,0
 # `make classifier PRECISION=int8`: both runs calibrated on the same images (Training-subset).
 PRECISION ?= fp32
-# `make classifier AUGMENT=4 TRAIN_ARGS="--no-standardization --reg-param 0.001"`: for real photos (README).
-AUGMENT ?= 0
+# Photo-like variants of each training image, for the photo model (README, "Real photos");
+# `make classifier AUGMENT=0`: the Fruits-360 regression alone (featurizes 5 times fewer images).
+AUGMENT ?= 4
 TRAIN_ARGS ?=
 OUTSIDE_PHOTOS ?= $(FRUITS360_DIR)/../outside-photos
 PRECISION_ARGS := --precision $(PRECISION)$(if $(filter int8,$(PRECISION)), --calibration "$(FRUITS360_DIR)/Training-subset")

@@ -10,12 +10,12 @@ accuracy, top-3 accuracy, macro F1, the worst classes and a heatmap of the top c
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from p8lib import __version__, io, plots
+from p8lib import __version__, io, photo, plots
 from p8lib.artifacts import (
     CONFUSION,
     EVALUATION,
@@ -178,14 +178,17 @@ class TrainResult:
         if self.info.color:
             what += " + colour histogram"
         variants = self.info.augmentation.get("variants")
-        if variants:
+        if variants and self.info.photo_model:
+            what += f"; photo model: the images and {variants} photo-like variants of each"
+        elif variants:
             what += f"; images and {variants} photo-like variants of each"
         return "\n".join(
             [
                 f"trained on {self.train_rows} images of {self.classes} classes ({what}, "
                 f"regParam {self.reg_param:g}), {self.seconds['total']:.1f} s",
                 self.evaluation.summary(),
-                f"model: {self.model}/ ({SPARK_MODEL}/, {MODEL_INFO}, {EVALUATION}, {CONFUSION})",
+                f"model: {self.model}/ ({SPARK_MODEL}/, {MODEL_INFO}, {EVALUATION}, {CONFUSION}"
+                + (f", {photo.PHOTO_MODEL})" if self.info.photo_model else ")"),
             ]
         )
 
@@ -418,19 +421,36 @@ def fit(
     ) as staged:
         data = _training_data(spark, config, places)
         reduced = None
+        with_photo = config.photo_model and bool(data.manifest.augmentation.get("variants"))
+        if config.photo_model and not with_photo:
+            job.log("no photo model: --features has no photo-like variants (p8 run --augment N)")
+        # With a photo model, the regression is the studio shots' model: the images alone.
+        rows = only_images(data.rows) if with_photo else data.rows
         try:
             what = "the scaler and PCA" if config.input == "pca" else "the scaler"
             with job.stage("reduce", f"fitting {what} on {places.inputs['--features']}"):
-                reduced = _reduce(data.rows, config)
+                reduced = _reduce(rows, config)
             what = f"{reduced.rows} images, {len(reduced.labels)} classes"
             with job.stage("fit", f"fitting logistic regression on {what}"):
                 model, choice = _regression(reduced, config, job.log)
+            photo_model = None
+            if with_photo:
+                with job.stage("photo", "fitting the photo model on the images and variants"):
+                    photo_model = photo.fit(data.rows, labels=reduced.labels)
             with job.stage("evaluate", f"evaluating on {data.on}"):
                 evaluation = evaluate(model, data.test_rows, labels=reduced.labels, on=data.on)
             info = _info(spark, job, config, places, data, reduced, choice, evaluation)
-            _save(spark, staged, model, evaluation, info)
+            if photo_model is not None:
+                described = {
+                    "file": photo.PHOTO_MODEL,
+                    "shrinkage": photo_model.shrinkage,
+                    "cell_margin": photo.CELL_MARGIN,
+                }
+                info = replace(info, photo_model=described)
+            _save(spark, staged, model, evaluation, info, photo_model)
         finally:
             data.rows.unpersist()
+            rows.unpersist()
             if reduced is not None:
                 reduced.data.unpersist()
     return TrainResult(places.output, info, evaluation)
@@ -564,10 +584,18 @@ def _info(
 
 
 def _save(
-    spark: SparkSession, staged: str, model: PipelineModel, evaluation: Evaluation, info: ModelInfo
+    spark: SparkSession,
+    staged: str,
+    model: PipelineModel,
+    evaluation: Evaluation,
+    info: ModelInfo,
+    photo_model: photo.PhotoModel | None,
 ) -> None:
-    """The model, its evaluation and heatmap, and its description (last: it marks the folder)."""
+    """The model (and photo model), its evaluation and heatmap, and its description (last: it
+    marks the folder)."""
     model.write().save(f"{staged}/{SPARK_MODEL}")
+    if photo_model is not None:
+        io.write_bytes(spark, f"{staged}/{photo.PHOTO_MODEL}", photo_model.to_json())
     figure = plots.confusion_figure(
         evaluation.matrix, evaluation.labels, cells=evaluation.confusion_cells(20)
     )

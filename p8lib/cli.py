@@ -311,6 +311,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "no: better on real photos, a little worse on Fruits-360, see the README)",
     )
     train.add_argument(
+        "--photo-model",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when --features holds photo-like variants (p8 run --augment): also fit the photo "
+        "model for real photos, and the regression on the images alone (default: yes)",
+    )
+    train.add_argument(
         "--mode", choices=("error", "overwrite"), default="error", help="when the model exists"
     )
     _spark_options(train)

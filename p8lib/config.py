@@ -171,6 +171,7 @@ class TrainConfig(PcaSettings, SparkSettings):
     reg_param: float | None = None
     max_iter: int = 200
     standardization: bool = True  # the regression's inputs scaled to unit variance (Spark's)
+    photo_model: bool = True  # with variants in --features: also fit p8lib.photo's model
     mode: Literal["error", "overwrite"] = "error"
 
     def __post_init__(self) -> None:

@@ -11,7 +11,7 @@ Precisions: ``fp32`` (features equal to Keras's), ``bf16`` (OpenVINO's bfloat16 
 hint, on CPUs that have it) and ``int8`` (NNCF post-training quantization, calibrated on
 images the user names or a sample of the input).
 
-    python -m p8lib.engine convert WEIGHTS IMAGE_SIZE PRECISION OUT_DIR [CALIBRATION.npy]
+    python -m p8lib.engine convert WEIGHTS SIZE PRECISION OUT_DIR [CALIBRATION.npy|""] [avg|map]
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Network:
     key: str
     files: dict[str, bytes] = field(repr=False)
     calibration: dict[str, Any] | None = None  # int8: the images it was calibrated on
+    pooled: bool = True  # False: the 7×7×1280 map before the average (p8 predict's cells)
 
     def record(self) -> dict[str, Any]:
         """The manifest's record of the network (no bytes)."""
@@ -122,28 +123,34 @@ def prepare(
     image_size: int,
     calibration: Calibration | None = None,
     log: Callable[[str], None] = lambda _: None,
+    pooled: bool = True,
 ) -> Network:
     """The network for the workers; on the driver. OpenVINO: the cached IR, or converted now.
 
     ``calibration`` (int8 only): its record's ``sha256`` is part of the cache key; its images
-    are decoded only when the IR is not cached yet.
+    are decoded only when the IR is not cached yet. ``pooled=False``: the network's last
+    feature map rather than its average (fp32 and bf16).
     """
     check(engine, precision)
+    if not pooled and precision == "int8":
+        raise UsageError("the feature map network is not made for int8")
+    suffix = "" if pooled else "-map"
     if engine == "keras":
         files = {f"weights{weights_path.suffix}": weights_path.read_bytes()}
-        return Network(engine, precision, image_size, f"keras-{weights_sha256[:12]}", files)
+        key = f"keras-{weights_sha256[:12]}{suffix}"
+        return Network(engine, precision, image_size, key, files, pooled=pooled)
     if precision == "int8" and calibration is None:
         raise UsageError("--precision int8 needs calibration images")
     record = calibration.record if precision == "int8" and calibration else None
-    key = ir_key(weights_sha256, image_size, precision, record["sha256"] if record else "")
+    key = ir_key(weights_sha256, image_size, precision, record["sha256"] if record else "") + suffix
     folder = cache_dir() / key
     if not _complete(folder):
         if precision == "int8" and importlib.util.find_spec("nncf") is None:
             raise UsageError("--precision int8 needs NNCF: pip install 'p8lib[int8]' (nncf==3.4.0)")
         log(f"converting MobileNetV2 to OpenVINO ({precision}, {image_size}×{image_size})")
         images = calibration.load() if record and calibration else None
-        convert(weights_path, image_size, precision, folder, images)
-    return Network(engine, precision, image_size, key, _read_ir(folder), record)
+        convert(weights_path, image_size, precision, folder, images, pooled=pooled)
+    return Network(engine, precision, image_size, key, _read_ir(folder), record, pooled)
 
 
 def _complete(folder: Path) -> bool:
@@ -169,15 +176,22 @@ def cached(key: str | None, image_size: int) -> Network:
 
 
 def convert(
-    weights_path: Path, image_size: int, precision: str, folder: Path, images: np.ndarray | None
+    weights_path: Path,
+    image_size: int,
+    precision: str,
+    folder: Path,
+    images: np.ndarray | None,
+    *,
+    pooled: bool = True,
 ) -> None:
     """Convert in a child process (TensorFlow loads there, not here) into ``folder``, whole."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".convert-") as tmp:
-        args = [str(weights_path), str(image_size), precision, tmp]
+        args = [str(weights_path), str(image_size), precision, tmp, ""]
         if images is not None:
             np.save(Path(tmp) / "calibration.npy", images)
-            args.append(str(Path(tmp) / "calibration.npy"))
+            args[-1] = str(Path(tmp) / "calibration.npy")
+        args.append("avg" if pooled else "map")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         cmd = [sys.executable, "-m", "p8lib.engine", "convert", *args]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -193,7 +207,9 @@ def convert(
                 os.replace(staged, folder)
 
 
-def _convert_main(weights: str, size: str, precision: str, out: str, calib: str = "") -> None:
+def _convert_main(
+    weights: str, size: str, precision: str, out: str, calib: str = "", pooling: str = "avg"
+) -> None:
     """The child process of :func:`convert`: Keras model → OpenVINO IR in ``out/ir``."""
     import openvino as ov
     from openvino.preprocess import PrePostProcessor
@@ -201,7 +217,7 @@ def _convert_main(weights: str, size: str, precision: str, out: str, calib: str 
     from p8lib.featurize import build_model
 
     image_size = int(size)
-    model = ov.convert_model(build_model(weights, image_size))
+    model = ov.convert_model(build_model(weights, image_size, pooled=pooling == "avg"))
     model.reshape([-1, image_size, image_size, 3])
     ppp = PrePostProcessor(model)
     ppp.input().tensor().set_element_type(ov.Type.u8)  # uint8 RGB, as decoded
@@ -236,7 +252,7 @@ def _keras(network: Network, threads: int | None) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_bytes(data)
-        return build_model(path, network.image_size, threads=threads)
+        return build_model(path, network.image_size, threads=threads, pooled=network.pooled)
 
 
 def _openvino(network: Network, threads: int | None) -> Any:

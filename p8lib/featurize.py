@@ -186,8 +186,15 @@ def color_histogram(image: np.ndarray) -> np.ndarray:
     return np.sqrt(counts / max(counts.sum(), 1.0)).astype(np.float32)
 
 
-def build_model(weights_path: str | Path, image_size: int = 224, threads: int | None = None) -> Any:
-    """MobileNetV2 without its classifier: the 1280-d global-average-pooled output.
+def build_model(
+    weights_path: str | Path,
+    image_size: int = 224,
+    threads: int | None = None,
+    *,
+    pooled: bool = True,
+) -> Any:
+    """MobileNetV2 without its classifier: the 1280-d global-average-pooled output (with
+    ``pooled=False``, the last feature map before the average: size/32 × size/32 × 1280).
 
     ``threads`` sizes TensorFlow's pools (default: ``$OMP_NUM_THREADS``, which Spark sets to
     ``spark.task.cpus``), so that concurrent tasks don't oversubscribe the cores.
@@ -204,7 +211,10 @@ def build_model(weights_path: str | Path, image_size: int = 224, threads: int | 
     import keras
 
     model = keras.applications.MobileNetV2(
-        weights=None, include_top=False, pooling="avg", input_shape=(image_size, image_size, 3)
+        weights=None,
+        include_top=False,
+        pooling="avg" if pooled else None,
+        input_shape=(image_size, image_size, 3),
     )
     model.load_weights(str(weights_path))
     return model

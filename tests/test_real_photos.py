@@ -128,10 +128,121 @@ def test_a_model_trained_on_variants_is_evaluated_on_images_only(spark, augmente
 
     root, result = augmented
     model = train(features=result.output, model=str(root / "model"), test=result.output, k=2)
-    assert model.train_rows == 18  # images and variants
+    assert model.train_rows == 6  # the regression: the images alone, the photo model: all 18
     assert model.evaluation.rows == 6  # the images alone
     info = json.loads((root / "model" / "model.json").read_text())
     assert info["augmentation"]["variants"] == 2
+    assert info["photo_model"]["file"] == "photo_model.json"
+    assert (root / "model" / "photo_model.json").is_file()
+    plain = train(
+        features=result.output,
+        model=str(root / "plain"),
+        test=result.output,
+        k=2,
+        photo_model=False,
+    )
+    assert plain.train_rows == 18 and not (root / "plain" / "photo_model.json").exists()
+
+
+class _ShrunkToDiagonal:
+    """scikit-learn covariance estimator: the empirical covariance shrunk toward its diagonal."""
+
+    def __init__(self, shrinkage: float) -> None:
+        self.shrinkage = shrinkage
+
+    def fit(self, x: np.ndarray) -> _ShrunkToDiagonal:
+        c = np.cov(x, rowvar=False, bias=True)
+        self.covariance_ = (1 - self.shrinkage) * c + self.shrinkage * np.diag(np.diag(c))
+        return self
+
+
+def test_photo_model_is_scikit_learns_discriminant_analysis(spark, augmented) -> None:
+    """Both discriminants, fitted in one Spark pass, against scikit-learn's LDA on the same rows."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from p8lib import photo
+    from p8lib.predict import load_classifier
+
+    root, result = augmented
+    classifier = load_classifier(root / "model")
+    assert classifier.photo is not None and classifier.photo.shrinkage == photo.SHRINKAGE
+    table = pd.read_parquet(result.parquet.removeprefix("file://"))
+    x = np.sqrt(np.stack(table["features"]).astype(np.float64))
+    for target, coef, intercept in (
+        (table["label"], classifier.photo.coefficients, classifier.photo.intercepts),
+        (
+            table["variant"] > 0,
+            classifier.photo.gate_coefficients,
+            classifier.photo.gate_intercepts,
+        ),
+    ):
+        reference = LinearDiscriminantAnalysis(
+            solver="lsqr", covariance_estimator=_ShrunkToDiagonal(photo.SHRINKAGE)
+        ).fit(x, target)
+        if target.dtype == bool:
+            assert list(reference.classes_) == [False, True]  # studio shot first, as ours
+        else:
+            assert list(reference.classes_) == sorted(classifier.labels)
+            order = [classifier.labels.index(c) for c in reference.classes_]
+            coef, intercept = coef[order], intercept[order]
+        ours = photo.softmax(x @ coef.T + intercept)
+        np.testing.assert_allclose(ours, reference.predict_proba(x), atol=1e-6)
+    # The gate tells the training images from their variants.
+    studio = classifier.photo.studio(np.stack(table["features"]))
+    assert (studio[table["variant"] == 0] > 0.5).all() and (
+        studio[table["variant"] > 0] < 0.5
+    ).all()
+
+
+def test_predict_mixes_the_photo_model_by_how_studio_like_a_photo_is(
+    spark, augmented, weights_path
+) -> None:
+    """A studio image is answered by the regression, a variant by the photo model; the feature
+    map network's average is the pooled network's features."""
+    from p8lib import engine
+    from p8lib.featurize import color_histogram, load_image
+    from p8lib.predict import load_classifier, predict_photos
+
+    root, result = augmented
+    classifier = load_classifier(root / "model")
+    assert classifier.photo is not None
+    digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+    nets = [
+        engine.load(
+            engine.prepare(
+                engine="openvino",
+                precision="fp32",
+                weights_path=weights_path,
+                weights_sha256=digest,
+                image_size=224,
+                pooled=pooled,
+            ),
+            threads=1,
+        )
+        for pooled in (True, False)
+    ]
+    image = sorted((root / "images").rglob("*.jpg"))[0]
+    pixels = load_image(image.read_bytes(), 224)
+    images = np.stack([pixels, *augment.variants(pixels, 2)])
+    pooled, maps = (engine.embed(net, images) for net in nets)
+    assert maps.shape == (3, 7, 7, 1280)
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), pooled, atol=1e-4)
+    colors = np.stack([color_histogram(im) for im in images])
+    mean = maps.mean(axis=(1, 2))
+    regression = classifier.probabilities(mean, colors)
+    photo_probs = classifier.photo.probabilities(maps)
+    studio = classifier.photo.studio(mean)
+    answer = classifier.answer(maps, colors)
+    np.testing.assert_allclose(
+        answer, studio[:, None] * regression + (1 - studio[:, None]) * photo_probs
+    )
+    assert studio[0] > 0.5 and (studio[1:] < 0.5).all()
+    np.testing.assert_allclose(answer.sum(axis=1), 1.0)
+    # p8 predict gives that answer for the image itself.
+    (answered,) = predict_photos([image], model=root / "model", top=3)
+    best = np.argsort(-answer[0], kind="stable")[:3]
+    assert [label for label, _ in answered.top] == [classifier.labels[i] for i in best]
+    np.testing.assert_allclose([p for _, p in answered.top], answer[0][best], atol=1e-4)
 
 
 def _photo_folder(sample_dir: Path, root: Path) -> tuple[Path, dict[str, str]]:
