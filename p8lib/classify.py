@@ -441,12 +441,7 @@ def fit(
                 evaluation = evaluate(model, data.test_rows, labels=reduced.labels, on=data.on)
             info = _info(spark, job, config, places, data, reduced, choice, evaluation)
             if photo_model is not None:
-                described = {
-                    "file": photo.PHOTO_MODEL,
-                    "shrinkage": photo_model.shrinkage,
-                    "cell_margin": photo.CELL_MARGIN,
-                }
-                info = replace(info, photo_model=described)
+                info = replace(info, photo_model=photo_model.record())
             _save(spark, staged, model, evaluation, info, photo_model)
         finally:
             data.rows.unpersist()

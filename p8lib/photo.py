@@ -123,6 +123,10 @@ class PhotoModel:
         )
         return probs.reshape(len(cells), -1, len(self.intercepts)).mean(axis=1)
 
+    def record(self) -> dict[str, Any]:
+        """What ``model.json`` says of it."""
+        return {"file": PHOTO_MODEL, "shrinkage": self.shrinkage, "cell_margin": CELL_MARGIN}
+
     def to_json(self) -> bytes:
         return json.dumps(
             {

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from p8lib import io
-from p8lib.artifacts import MODEL_INFO, SPARK_MODEL, Col, ModelInfo
+from p8lib.artifacts import FEATURE_DIM, MODEL_INFO, SPARK_MODEL, Col, ModelInfo
 from p8lib.errors import P8Error, UsageError
 from p8lib.photo import PHOTO_MODEL, PhotoModel, mix
 from p8lib.progress import Reporter
@@ -172,7 +172,7 @@ def load_classifier(model: str | Path, *, s3_endpoint: str | None = None) -> Cla
     missing = {"mean", "coefficients", "labels"} - set(parts)
     if missing:
         raise P8Error(f"the model at {model} lacks {', '.join(sorted(missing))}")
-    photo = folder / PHOTO_MODEL
+    photo = _photo_model(folder / PHOTO_MODEL, len(parts["labels"]), where=str(model))
     return Classifier(
         labels=parts["labels"],
         mean=parts["mean"],
@@ -186,8 +186,24 @@ def load_classifier(model: str | Path, *, s3_endpoint: str | None = None) -> Cla
         network_key=info.network.get("key"),
         color_mean=parts.get("color_mean"),
         color_std=parts.get("color_std"),
-        photo=PhotoModel.from_json(photo.read_bytes()) if photo.is_file() else None,
+        photo=photo,
     )
+
+
+def _photo_model(path: Path, classes: int, *, where: str) -> PhotoModel | None:
+    """The model's photo model (p8lib.photo), None when it has none; checked against its labels."""
+    if not path.is_file():
+        return None
+    try:
+        photo = PhotoModel.from_json(path.read_bytes())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise P8Error(
+            f"{where}/{PHOTO_MODEL} is unreadable ({exc}): train the model again"
+        ) from None
+    shapes = (photo.coefficients.shape, photo.gate_coefficients.shape)
+    if shapes != ((classes, FEATURE_DIM), (2, FEATURE_DIM)):
+        raise P8Error(f"{where}/{PHOTO_MODEL} does not fit this model's {classes} classes")
+    return photo
 
 
 def _local_model(model: str, *, s3_endpoint: str | None) -> Path:

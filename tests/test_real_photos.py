@@ -245,6 +245,26 @@ def test_predict_mixes_the_photo_model_by_how_studio_like_a_photo_is(
     np.testing.assert_allclose([p for _, p in answered.top], answer[0][best], atol=1e-4)
 
 
+def test_a_broken_photo_model_is_said_in_one_line(augmented, sample_dir, tmp_path) -> None:
+    root, _ = augmented
+    photo_file = sorted(sample_dir.rglob("*.jpg"))[0]
+    for broken, says in (
+        ('{"coefficients": [[1.0', "photo_model.json is unreadable"),
+        (
+            '{"shrinkage": 0.3, "coefficients": [[1.0]], "intercepts": [0.0], '
+            '"gate_coefficients": [[1.0]], "gate_intercepts": [0.0]}',
+            "does not fit this model's 3 classes",
+        ),
+    ):
+        model = tmp_path / "model"
+        shutil.rmtree(model, ignore_errors=True)
+        shutil.copytree(root / "model", model)
+        (model / "photo_model.json").write_text(broken)
+        result = p8("predict", str(photo_file), "--model", str(model))
+        assert result.returncode == 1, result.stderr
+        assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def _photo_folder(sample_dir: Path, root: Path) -> tuple[Path, dict[str, str]]:
     """Sample images under shop-like folder names (with a space), and each folder's class."""
     classes = {}
