@@ -77,6 +77,7 @@ class Classifier:
         """What ``p8 predict`` says: the regression's probabilities, mixed with the photo
         model's when there is one. ``outputs``: the network's pooled features (N×1280) or its
         feature maps (N×h×w×1280, which the photo model reads cell by cell)."""
+        outputs = np.asarray(outputs) if np.ndim(outputs) > 1 else np.atleast_2d(outputs)
         features = outputs.mean(axis=(1, 2)) if outputs.ndim == 4 else outputs
         probs = self.probabilities(features, color)
         return probs if self.photo is None else mix(probs, self.photo, outputs)
@@ -85,7 +86,7 @@ class Classifier:
         self, features: np.ndarray, color: np.ndarray | None = None, n: int = 3
     ) -> list[list[tuple[str, float]]]:
         """The ``n`` most likely labels with their probabilities, per row (:meth:`answer`)."""
-        probs = self.answer(np.asarray(features), color)
+        probs = self.answer(features, color)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :n]
         return [
             [(self.labels[j], float(row[j])) for j in idx]
