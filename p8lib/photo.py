@@ -9,10 +9,10 @@ Spark pass (per-class counts and sums, one Gram matrix) and solved on the driver
 - **studio gate**: two classes, the images themselves (a fruit alone on white, Fruits-360's
   studio shots) against their variants. It says how much a photo looks like a studio shot.
 
-``p8 predict`` mixes the two answers: ``P(studio) × the regression's + (1 − P(studio)) × the
-photo model's``. The regression, trained on the images alone, keeps its Fruits-360 accuracy;
-photos from elsewhere go to the model that saw photo-like variants. Measured in the README
-("Real photos").
+``p8 predict`` (:meth:`p8lib.predict.Classifier.answer`) mixes the two answers:
+``P(studio) × the regression's + (1 − P(studio)) × the photo model's``. The regression,
+trained on the images alone, keeps its Fruits-360 accuracy; photos from elsewhere go to the
+model that saw photo-like variants. Measured in the README ("Real photos").
 
 The covariance is shrunk toward its diagonal (``SHRINKAGE``): 1280 features, ~140 classes.
 
@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from p8lib.artifacts import FEATURE_DIM
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
@@ -47,6 +49,11 @@ def softmax(margins: np.ndarray) -> np.ndarray:
     z = margins - margins.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def root(features: np.ndarray) -> np.ndarray:
+    """What both discriminants read: the features' square roots (float64)."""
+    return np.sqrt(np.maximum(np.asarray(features, dtype=np.float64), 0.0))
 
 
 @dataclass
@@ -71,7 +78,7 @@ def scatter(
         if not block:
             return out
         y = np.array([c for c, _ in block], dtype=int)
-        x = np.sqrt(np.maximum(np.array([f for _, f in block], dtype=np.float64), 0.0))
+        x = root(np.array([f for _, f in block]))
         out.counts += np.bincount(y, minlength=classes)
         np.add.at(out.sums, y, x)
         out.gram += x.T @ x
@@ -105,7 +112,7 @@ class PhotoModel:
 
     def studio(self, pooled: np.ndarray) -> np.ndarray:
         """P(a studio shot like Fruits-360's) of each pooled feature row."""
-        x = np.sqrt(np.maximum(np.atleast_2d(pooled), 0.0))
+        x = root(np.atleast_2d(pooled))
         return softmax(x @ self.gate_coefficients.T + self.gate_intercepts)[:, 0]
 
     def probabilities(self, maps: np.ndarray) -> np.ndarray:
@@ -117,7 +124,7 @@ class PhotoModel:
             m = CELL_MARGIN if min(maps.shape[1:3]) > 2 * CELL_MARGIN else 0
             inner = maps[:, m : maps.shape[1] - m, m : maps.shape[2] - m]
             cells = inner.reshape(len(maps), -1, maps.shape[-1])
-        x = np.sqrt(np.maximum(cells.astype(np.float64), 0.0))
+        x = root(cells)
         probs = softmax(
             (x @ self.coefficients.T + self.intercepts).reshape(-1, len(self.intercepts))
         )
@@ -154,29 +161,20 @@ def fit(rows: DataFrame, *, labels: list[str], shrinkage: float = SHRINKAGE) -> 
     """Both discriminants from ``rows`` (``label``, ``features``, ``variant``): one Spark pass."""
     index = {label: i for i, label in enumerate(labels)}
     classes = len(labels)
-    dim = len(rows.select("features").first()[0])  # type: ignore[index]
 
     def partition(part: Iterable[Any]) -> Iterator[Scatter]:
         tagged = ((index[r[0]] * 2 + (r[2] > 0), r[1]) for r in part if r[0] in index)
-        yield scatter(tagged, classes=2 * classes, dim=dim)
+        yield scatter(tagged, classes=2 * classes, dim=FEATURE_DIM)
 
     total = (
         rows.select("label", "features", "variant")
         .rdd.mapPartitions(partition)
         .treeReduce(lambda a, b: a + b)
     )
-    by_class = total.sums.reshape(classes, 2, dim)
+    by_class = total.sums.reshape(classes, 2, FEATURE_DIM)
     counts = total.counts.reshape(classes, 2)
     photo = Scatter(counts.sum(axis=1), by_class.sum(axis=1), total.gram)
     gate = Scatter(counts.sum(axis=0), by_class.sum(axis=0), total.gram)
     coefficients, intercepts = discriminant(photo, shrinkage=shrinkage)
     gate_coefficients, gate_intercepts = discriminant(gate, shrinkage=shrinkage)
     return PhotoModel(coefficients, intercepts, gate_coefficients, gate_intercepts, shrinkage)
-
-
-def mix(studio_probs: np.ndarray, photo: PhotoModel, maps: np.ndarray) -> np.ndarray:
-    """The answer ``p8 predict`` gives: the regression's and the photo model's probabilities,
-    weighted by how much each photo looks like a studio shot."""
-    pooled = maps.mean(axis=(1, 2)) if maps.ndim == 4 else maps
-    w = photo.studio(pooled)[:, None]
-    return w * studio_probs + (1 - w) * photo.probabilities(maps)

@@ -22,7 +22,7 @@ import numpy as np
 from p8lib import io
 from p8lib.artifacts import FEATURE_DIM, MODEL_INFO, SPARK_MODEL, Col, ModelInfo
 from p8lib.errors import P8Error, UsageError
-from p8lib.photo import PHOTO_MODEL, PhotoModel, mix
+from p8lib.photo import PHOTO_MODEL, PhotoModel, softmax
 from p8lib.progress import Reporter
 from p8lib.reduce import inverse_std
 
@@ -68,10 +68,7 @@ class Classifier:
                 raise ValueError("this model needs the colour histograms of the images")
             c = np.atleast_2d(np.asarray(color, dtype=np.float64))
             x = np.hstack([x, (c - self.color_mean) * inverse_std(self.color_std)])
-        margins = x @ self.coefficients.T + self.intercepts
-        margins -= margins.max(axis=1, keepdims=True)
-        exp = np.exp(margins)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return softmax(x @ self.coefficients.T + self.intercepts)
 
     def answer(self, outputs: np.ndarray, color: np.ndarray | None = None) -> np.ndarray:
         """What ``p8 predict`` says: the regression's probabilities, mixed with the photo
@@ -80,7 +77,10 @@ class Classifier:
         outputs = np.asarray(outputs) if np.ndim(outputs) > 1 else np.atleast_2d(outputs)
         features = outputs.mean(axis=(1, 2)) if outputs.ndim == 4 else outputs
         probs = self.probabilities(features, color)
-        return probs if self.photo is None else mix(probs, self.photo, outputs)
+        if self.photo is None:
+            return probs
+        studio = self.photo.studio(features)[:, None]  # how much each looks like a studio shot
+        return studio * probs + (1 - studio) * self.photo.probabilities(outputs)
 
     def top(
         self, features: np.ndarray, color: np.ndarray | None = None, n: int = 3
