@@ -1,7 +1,8 @@
 """The photo model: what ``p8 train`` adds when its features hold photo-like variants.
 
-Two linear discriminants on the square roots of the 1280 MobileNetV2 features, fitted in one
-Spark pass (per-class counts and sums, one Gram matrix) and solved on the driver:
+Two linear discriminants on the square roots of the 1280 MobileNetV2 features, each row scaled
+to length 1 (:func:`root`), fitted in one Spark pass (per-class counts and sums, one Gram
+matrix) and solved on the driver:
 
 - **photo**: one class per fruit class, fitted on the images *and* their ``--augment``
   variants. Applied to a photo, it reads each inner cell of the network's 7×7 map (a patch of
@@ -20,8 +21,8 @@ Examples
 --------
 >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
 >>> part = scatter(iter([(0, x[0]), (1, x[1]), (0, x[2]), (1, x[3])]), classes=2, dim=2)
->>> w, b = discriminant(part, shrinkage=0.3)
->>> softmax(np.sqrt(x) @ w.T + b).argmax(axis=1).tolist()
+>>> w, b = discriminant(part, shrinkage=0.1)
+>>> softmax(root(x) @ w.T + b).argmax(axis=1).tolist()
 [0, 1, 0, 1]
 """
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 PHOTO_MODEL = "photo_model.json"
-SHRINKAGE = 0.3
+SHRINKAGE = 0.1
 CELL_MARGIN = 1  # the map's border cells are left out (7×7 → the inner 5×5)
 
 
@@ -51,14 +52,19 @@ def softmax(margins: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def root(features: np.ndarray) -> np.ndarray:
-    """What both discriminants read: the features' square roots (float64)."""
-    return np.sqrt(np.maximum(np.asarray(features, dtype=np.float64), 0.0))
+def root(features: np.ndarray, *, unit: bool = True) -> np.ndarray:
+    """What both discriminants read: the features' square roots (float64), each row (the last
+    axis) scaled to length 1 when ``unit`` — photo models saved before that read the roots."""
+    x = np.sqrt(np.maximum(np.asarray(features, dtype=np.float64), 0.0))
+    if unit:
+        x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return x
 
 
 @dataclass
 class Scatter:
-    """Per-class counts and sums of the square-rooted features, and their Gram matrix."""
+    """Per-class counts and sums of the features as :func:`root` gives them, and their Gram
+    matrix."""
 
     counts: np.ndarray  # classes
     sums: np.ndarray  # classes × dim
@@ -71,7 +77,7 @@ class Scatter:
 def scatter(
     rows: Iterator[tuple[int, Any]], *, classes: int, dim: int, chunk: int = 1024
 ) -> Scatter:
-    """The :class:`Scatter` of ``(class index, features)`` rows (features square-rooted here)."""
+    """The :class:`Scatter` of ``(class index, features)`` rows (features through :func:`root`)."""
     out = Scatter(np.zeros(classes), np.zeros((classes, dim)), np.zeros((dim, dim)))
     while True:
         block = [row for _, row in zip(range(chunk), rows, strict=False)]
@@ -102,17 +108,19 @@ def discriminant(part: Scatter, *, shrinkage: float) -> tuple[np.ndarray, np.nda
 
 @dataclass(frozen=True)
 class PhotoModel:
-    """The photo discriminant and the studio gate, over square-rooted features."""
+    """The photo discriminant and the studio gate, over the features as :func:`root` gives
+    them (``unit``: scaled to length 1; False in photo models saved before it was)."""
 
     coefficients: np.ndarray  # classes × 1280, in the regression's label order
     intercepts: np.ndarray
     gate_coefficients: np.ndarray  # 2 × 1280: studio shot, photo-like variant
     gate_intercepts: np.ndarray
     shrinkage: float = SHRINKAGE
+    unit: bool = True
 
     def studio(self, pooled: np.ndarray) -> np.ndarray:
         """P(a studio shot like Fruits-360's) of each pooled feature row."""
-        x = root(np.atleast_2d(pooled))
+        x = root(np.atleast_2d(pooled), unit=self.unit)
         return softmax(x @ self.gate_coefficients.T + self.gate_intercepts)[:, 0]
 
     def probabilities(self, maps: np.ndarray) -> np.ndarray:
@@ -124,7 +132,7 @@ class PhotoModel:
             m = CELL_MARGIN if min(maps.shape[1:3]) > 2 * CELL_MARGIN else 0
             inner = maps[:, m : maps.shape[1] - m, m : maps.shape[2] - m]
             cells = inner.reshape(len(maps), -1, maps.shape[-1])
-        x = root(cells)
+        x = root(cells, unit=self.unit)
         probs = softmax(
             (x @ self.coefficients.T + self.intercepts).reshape(-1, len(self.intercepts))
         )
@@ -132,12 +140,18 @@ class PhotoModel:
 
     def record(self) -> dict[str, Any]:
         """What ``model.json`` says of it."""
-        return {"file": PHOTO_MODEL, "shrinkage": self.shrinkage, "cell_margin": CELL_MARGIN}
+        return {
+            "file": PHOTO_MODEL,
+            "shrinkage": self.shrinkage,
+            "unit_length": self.unit,
+            "cell_margin": CELL_MARGIN,
+        }
 
     def to_json(self) -> bytes:
         return json.dumps(
             {
                 "shrinkage": self.shrinkage,
+                "unit_length": self.unit,
                 "coefficients": self.coefficients.tolist(),
                 "intercepts": self.intercepts.tolist(),
                 "gate_coefficients": self.gate_coefficients.tolist(),
@@ -154,6 +168,7 @@ class PhotoModel:
             gate_coefficients=np.asarray(data["gate_coefficients"], dtype=np.float64),
             gate_intercepts=np.asarray(data["gate_intercepts"], dtype=np.float64),
             shrinkage=float(data["shrinkage"]),
+            unit=bool(data.get("unit_length", False)),
         )
 
 

@@ -168,6 +168,8 @@ def test_photo_model_is_scikit_learns_discriminant_analysis(spark, augmented) ->
     assert classifier.photo is not None and classifier.photo.shrinkage == photo.SHRINKAGE
     table = pd.read_parquet(result.parquet.removeprefix("file://"))
     x = np.sqrt(np.stack(table["features"]).astype(np.float64))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # square roots, each row of length 1
+    assert classifier.photo.unit
     for target, coef, intercept in (
         (table["label"], classifier.photo.coefficients, classifier.photo.intercepts),
         (
@@ -263,6 +265,37 @@ def test_a_broken_photo_model_is_said_in_one_line(augmented, sample_dir, tmp_pat
         result = p8("predict", str(photo_file), "--model", str(model))
         assert result.returncode == 1, result.stderr
         assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_photo_model_saved_before_unit_length_keeps_its_answers() -> None:
+    """photo_model.json files from before rows were scaled to length 1 read the square roots
+    alone; newer ones (``unit_length``) scale each row, and say so when saved again."""
+    from p8lib import photo
+
+    rng = np.random.default_rng(0)
+    coef, intercepts = rng.normal(size=(3, 4)), rng.normal(size=3)
+    saved = {
+        "shrinkage": 0.3,
+        "coefficients": coef.tolist(),
+        "intercepts": intercepts.tolist(),
+        "gate_coefficients": rng.normal(size=(2, 4)).tolist(),
+        "gate_intercepts": [0.0, 0.0],
+    }
+    x = rng.uniform(0, 4, size=(5, 4))
+    roots = np.sqrt(x)
+    for model, rows in (
+        (photo.PhotoModel.from_json(json.dumps(saved)), roots),
+        (
+            photo.PhotoModel.from_json(json.dumps({**saved, "unit_length": True})),
+            roots / np.linalg.norm(roots, axis=1, keepdims=True),
+        ),
+    ):
+        expected = np.exp(rows @ coef.T + intercepts)
+        np.testing.assert_allclose(
+            model.probabilities(x), expected / expected.sum(axis=1, keepdims=True)
+        )
+        assert photo.PhotoModel.from_json(model.to_json()).unit == model.unit
+    assert not photo.PhotoModel.from_json(json.dumps(saved)).unit
 
 
 def _photo_folder(sample_dir: Path, root: Path) -> tuple[Path, dict[str, str]]:
