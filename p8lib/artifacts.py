@@ -196,7 +196,7 @@ class ModelInfo:
     network: dict[str, Any] = field(default_factory=dict)  # the run's (engine, key, …)
     augmentation: dict[str, Any] = field(default_factory=dict)  # the training rows' variants
     standardization: bool = True  # the regression's inputs at unit variance before the penalty
-    # With photo-like variants: the photo model's file, shrinkage, cell margin (p8lib.photo).
+    # With photo-like variants: the photo model's file, shrinkage, unit length, cell margin.
     photo_model: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
