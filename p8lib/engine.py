@@ -40,6 +40,7 @@ CALIBRATION_IMAGES = 300  # NNCF's default subset size
 # 32 → 101 img/s and 438 MB (activations). Keras: 32 (64 used 1.3 GB more, no faster).
 BATCH = {"openvino": 8, "keras": 32}
 IR_FILES = ("model.xml", "model.bin")
+MAP_SUFFIX = "-map"  # a network's key when it gives the feature map (p8 predict's cells)
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the quantized ops are in the IR
 
 # One compiled network per process and key: Spark reuses its Python workers across tasks.
@@ -129,12 +130,10 @@ def prepare(
 
     ``calibration`` (int8 only): its record's ``sha256`` is part of the cache key; its images
     are decoded only when the IR is not cached yet. ``pooled=False``: the network's last
-    feature map rather than its average (fp32 and bf16).
+    feature map rather than its average (OpenVINO: the same IR, read up to its average).
     """
     check(engine, precision)
-    if not pooled and precision == "int8":
-        raise UsageError("the feature map network is not made for int8")
-    suffix = "" if pooled else "-map"
+    suffix = "" if pooled else MAP_SUFFIX
     if engine == "keras":
         files = {f"weights{weights_path.suffix}": weights_path.read_bytes()}
         key = f"keras-{weights_sha256[:12]}{suffix}"
@@ -142,15 +141,15 @@ def prepare(
     if precision == "int8" and calibration is None:
         raise UsageError("--precision int8 needs calibration images")
     record = calibration.record if precision == "int8" and calibration else None
-    key = ir_key(weights_sha256, image_size, precision, record["sha256"] if record else "") + suffix
+    key = ir_key(weights_sha256, image_size, precision, record["sha256"] if record else "")
     folder = cache_dir() / key
     if not _complete(folder):
         if precision == "int8" and importlib.util.find_spec("nncf") is None:
             raise UsageError("--precision int8 needs NNCF: pip install 'p8lib[int8]' (nncf==3.4.0)")
         log(f"converting MobileNetV2 to OpenVINO ({precision}, {image_size}×{image_size})")
         images = calibration.load() if record and calibration else None
-        convert(weights_path, image_size, precision, folder, images, pooled=pooled)
-    return Network(engine, precision, image_size, key, _read_ir(folder), record, pooled)
+        convert(weights_path, image_size, precision, folder, images)
+    return Network(engine, precision, image_size, key + suffix, _read_ir(folder), record, pooled)
 
 
 def _complete(folder: Path) -> bool:
@@ -162,9 +161,9 @@ def _read_ir(folder: Path) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in IR_FILES}
 
 
-def cached(key: str | None, image_size: int) -> Network:
+def cached(key: str | None, image_size: int, *, pooled: bool = True) -> Network:
     """The converted network ``key`` from the cache (an int8 one cannot be rebuilt without its
-    calibration images)."""
+    calibration images); ``pooled=False``: its feature map, as :func:`prepare`."""
     folder = cache_dir() / (key or "(none)")
     if not key or not _complete(folder):
         raise UsageError(
@@ -172,7 +171,8 @@ def cached(key: str | None, image_size: int) -> Network:
             "run `p8 run --precision int8` with the same calibration images on this machine, "
             "or train the model on fp32 features"
         )
-    return Network("openvino", "int8", image_size, key, _read_ir(folder))
+    suffix = "" if pooled else MAP_SUFFIX
+    return Network("openvino", "int8", image_size, key + suffix, _read_ir(folder), pooled=pooled)
 
 
 def convert(
@@ -181,8 +181,6 @@ def convert(
     precision: str,
     folder: Path,
     images: np.ndarray | None,
-    *,
-    pooled: bool = True,
 ) -> None:
     """Convert in a child process (TensorFlow loads there, not here) into ``folder``, whole."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +189,6 @@ def convert(
         if images is not None:
             np.save(Path(tmp) / "calibration.npy", images)
             args[-1] = str(Path(tmp) / "calibration.npy")
-        args.append("avg" if pooled else "map")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         cmd = [sys.executable, "-m", "p8lib.engine", "convert", *args]
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -207,9 +204,7 @@ def convert(
                 os.replace(staged, folder)
 
 
-def _convert_main(
-    weights: str, size: str, precision: str, out: str, calib: str = "", pooling: str = "avg"
-) -> None:
+def _convert_main(weights: str, size: str, precision: str, out: str, calib: str = "") -> None:
     """The child process of :func:`convert`: Keras model → OpenVINO IR in ``out/ir``."""
     import openvino as ov
     from openvino.preprocess import PrePostProcessor
@@ -217,7 +212,7 @@ def _convert_main(
     from p8lib.featurize import build_model
 
     image_size = int(size)
-    model = ov.convert_model(build_model(weights, image_size, pooled=pooling == "avg"))
+    model = ov.convert_model(build_model(weights, image_size))
     model.reshape([-1, image_size, image_size, 3])
     ppp = PrePostProcessor(model)
     ppp.input().tensor().set_element_type(ov.Type.u8)  # uint8 RGB, as decoded
@@ -261,6 +256,8 @@ def _openvino(network: Network, threads: int | None) -> Any:
     core = ov.Core()
     weights = ov.Tensor(np.frombuffer(network.files["model.bin"], dtype=np.uint8))
     model = core.read_model(model=network.files["model.xml"].decode(), weights=weights)
+    if not network.pooled:
+        model = feature_map(model)
     config: dict[str, Any] = {
         "PERFORMANCE_HINT": "LATENCY" if threads else "THROUGHPUT",
         "INFERENCE_PRECISION_HINT": _HINT[network.precision],
@@ -271,6 +268,20 @@ def _openvino(network: Network, threads: int | None) -> Any:
         # the same first core (measured: 2 processes at 50 img/s each, unpinned 93).
         config["ENABLE_CPU_PINNING"] = False
     return core.compile_model(model, "CPU", config)
+
+
+def feature_map(model: Any) -> Any:
+    """The OpenVINO ``model`` read up to its final global average: the N×h×w×1280 feature map
+    it averages (int8 included: the same quantized layers, nothing to calibrate again)."""
+    import openvino as ov
+    from openvino import opset13
+
+    average = model.get_results()[0].input_value(0).get_node()
+    if average.get_type_name() != "ReduceMean":
+        raise P8Error(f"the network does not end in an average ({average.get_type_name()})")
+    nchw = average.input_value(0)
+    order = opset13.constant(np.array([0, 2, 3, 1], dtype=np.int64))
+    return ov.Model([opset13.transpose(nchw, order).output(0)], model.get_parameters(), "map")
 
 
 def embed(net: Any, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:

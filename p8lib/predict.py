@@ -324,11 +324,12 @@ def _network(
     log: Callable[[str], None] | None,
 ) -> Any:
     """The network the model's features came from, built for this process (all its cores):
-    its feature map when the model has a photo model (fp32, bf16), else the pooled features."""
+    its feature map when the model has a photo model, else the pooled features."""
     from p8lib import engine as engines
 
+    pooled = classifier.photo is None
     if classifier.precision == "int8":  # calibrated by `p8 run`: only its cached IR will do
-        network = engines.cached(classifier.network_key, classifier.image_size)
+        network = engines.cached(classifier.network_key, classifier.image_size, pooled=pooled)
     else:
         network = engines.prepare(
             engine=engine,
@@ -337,7 +338,7 @@ def _network(
             weights_sha256=digest,
             image_size=classifier.image_size,
             log=log or (lambda _: None),
-            pooled=classifier.photo is None,
+            pooled=pooled,
         )
     return engines.load(network, threads=os.cpu_count())
 
