@@ -9,9 +9,10 @@ the IR's bytes and compile it: no TensorFlow there.
 
 Precisions: ``fp32`` (features equal to Keras's), ``bf16`` (OpenVINO's bfloat16 inference
 hint, on CPUs that have it) and ``int8`` (NNCF post-training quantization, calibrated on
-images the user names or a sample of the input).
+images the user names or a sample of the input). ``p8 predict``'s photo model reads the 7×7
+feature map: the same IR, cut before its final average (:func:`feature_map`).
 
-    python -m p8lib.engine convert WEIGHTS SIZE PRECISION OUT_DIR [CALIBRATION.npy|""] [avg|map]
+    python -m p8lib.engine convert WEIGHTS SIZE PRECISION OUT_DIR [CALIBRATION.npy|""]
 """
 
 from __future__ import annotations
