@@ -41,18 +41,19 @@ CALIBRATION_IMAGES = 300  # NNCF's default subset size
 # 32 → 101 img/s and 438 MB (activations). Keras: 32 (64 used 1.3 GB more, no faster).
 BATCH = {"openvino": 8, "keras": 32}
 IR_FILES = ("model.xml", "model.bin")
-MAP_SUFFIX = "-map"  # a network's key when it gives the feature map (p8 predict's cells)
 _HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the quantized ops are in the IR
 
-# One compiled network per process and key: Spark reuses its Python workers across tasks.
-_LOADED: dict[str, Any] = {}
+# One compiled network per process, key and output (pooled or map): Spark reuses its Python
+# workers across tasks.
+_LOADED: dict[tuple[str, bool], Any] = {}
 
 
 @dataclass(frozen=True)
 class Network:
     """What a worker needs to build the network: shipped to the executors by broadcast.
 
-    ``files``: Keras: the weights file; OpenVINO: the IR. ``key`` names it (cache and reuse).
+    ``files``: Keras: the weights file; OpenVINO: the IR. ``key`` names it (cache and reuse);
+    the pooled network and its feature map share it.
     """
 
     engine: str
@@ -134,10 +135,9 @@ def prepare(
     feature map rather than its average (OpenVINO: the same IR, read up to its average).
     """
     check(engine, precision)
-    suffix = "" if pooled else MAP_SUFFIX
     if engine == "keras":
         files = {f"weights{weights_path.suffix}": weights_path.read_bytes()}
-        key = f"keras-{weights_sha256[:12]}{suffix}"
+        key = f"keras-{weights_sha256[:12]}"
         return Network(engine, precision, image_size, key, files, pooled=pooled)
     if precision == "int8" and calibration is None:
         raise UsageError("--precision int8 needs calibration images")
@@ -150,7 +150,7 @@ def prepare(
         log(f"converting MobileNetV2 to OpenVINO ({precision}, {image_size}×{image_size})")
         images = calibration.load() if record and calibration else None
         convert(weights_path, image_size, precision, folder, images)
-    return Network(engine, precision, image_size, key + suffix, _read_ir(folder), record, pooled)
+    return Network(engine, precision, image_size, key, _read_ir(folder), record, pooled)
 
 
 def _complete(folder: Path) -> bool:
@@ -172,8 +172,7 @@ def cached(key: str | None, image_size: int, *, pooled: bool = True) -> Network:
             "run `p8 run --precision int8` with the same calibration images on this machine, "
             "or train the model on fp32 features"
         )
-    suffix = "" if pooled else MAP_SUFFIX
-    return Network("openvino", "int8", image_size, key + suffix, _read_ir(folder), pooled=pooled)
+    return Network("openvino", "int8", image_size, key, _read_ir(folder), pooled=pooled)
 
 
 def convert(
@@ -232,13 +231,14 @@ def _convert_main(weights: str, size: str, precision: str, out: str, calib: str 
 
 
 def load(network: Network, *, threads: int | None = None) -> Any:
-    """This process's network for ``network.key``, built on first use (Keras or OpenVINO)."""
-    if network.key not in _LOADED:
+    """This process's network for ``network.key`` (pooled or its map), built on first use."""
+    slot = (network.key, network.pooled)
+    if slot not in _LOADED:
         if network.engine == "keras":
-            _LOADED[network.key] = _keras(network, threads)
+            _LOADED[slot] = _keras(network, threads)
         else:
-            _LOADED[network.key] = _openvino(network, threads)
-    return _LOADED[network.key]
+            _LOADED[slot] = _openvino(network, threads)
+    return _LOADED[slot]
 
 
 def _keras(network: Network, threads: int | None) -> Any:

@@ -79,16 +79,16 @@ def test_bf16_and_int8_stay_close_to_fp32(
     calibration = engine.Calibration({"source": "test", "sha256": "ab" * 32}, lambda: training)
     net = _network(weights_path, "int8", calibration)
     assert "-cal" in net.key and net.calibration == calibration.record
-    cos = _cosine(engine.embed(engine.load(net), images), keras_features)
+    pooled = engine.embed(engine.load(net), images)
+    cos = _cosine(pooled, keras_features)
     assert cos.mean() >= 0.9 and cos.min() >= 0.75, (cos.mean(), cos.min())
     assert cos.mean() < 0.9999, "int8 was not quantized"
     # The photo model's cells: the same quantized network, read up to its average.
-    pooled = engine.embed(engine.load(net), images)
     for mapped in (
         _network(weights_path, "int8", calibration, pooled=False),
         engine.cached(net.key, 224, pooled=False),  # what p8 predict loads for an int8 model
     ):
-        assert mapped.files == net.files and mapped.key == net.key + "-map"
+        assert mapped.files == net.files and mapped.key == net.key and not mapped.pooled
         maps = engine.embed(engine.load(mapped), images)
         assert maps.shape == (34, 7, 7, 1280)
         np.testing.assert_allclose(maps.mean(axis=(1, 2)), pooled, atol=1e-4)
@@ -114,7 +114,8 @@ def test_the_ir_is_cached_by_weights_size_and_precision(weights_path, cache: Pat
     assert engine.embed(engine.load(rebuilt), images).shape == (2, 1280)
     # The feature map is read from the same IR: nothing converted, nothing more cached.
     mapped = _network(weights_path, "fp32", image_size=160, log=said.append, pooled=False)
-    assert len(said) == 3 and mapped.files == first.files and mapped.key == f"{first.key}-map"
+    assert len(said) == 3 and mapped.files == first.files and mapped.key == first.key
+    assert not mapped.pooled
     assert engine.embed(engine.load(mapped), images).shape == (2, 5, 5, 1280)
     assert not [p for p in folder.parent.iterdir() if p.name.endswith("-map")]
 
