@@ -74,7 +74,7 @@ class Classifier:
         """What ``p8 predict`` says: the regression's probabilities, mixed with the photo
         model's when there is one. ``outputs``: the network's pooled features (N×1280) or its
         feature maps (N×h×w×1280, which the photo model reads cell by cell)."""
-        outputs = np.asarray(outputs) if np.ndim(outputs) > 1 else np.atleast_2d(outputs)
+        outputs = np.atleast_2d(outputs)  # one row, or many; maps stay N×h×w×1280
         features = outputs.mean(axis=(1, 2)) if outputs.ndim == 4 else outputs
         probs = self.probabilities(features, color)
         if self.photo is None:
