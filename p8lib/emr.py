@@ -382,7 +382,7 @@ def step_request(cluster_id: str, bucket: str, args: Sequence[str]) -> dict[str,
         )
     check_bucket_name(bucket)
     args = list(args)
-    if "--master" not in args:
+    if _option(args, "--master") is None:
         args[1:1] = ["--master", "yarn"]
     entry = f"/tmp/{ENTRY}"
     script = (
@@ -399,6 +399,18 @@ def step_request(cluster_id: str, bucket: str, args: Sequence[str]) -> dict[str,
             }
         ],
     }
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    """The value given to ``name`` in ``args`` (``--name VALUE`` or ``--name=VALUE``; the last
+    one, as argparse reads it), or None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(f"{name}="):
+            value = arg[len(name) + 1 :]
+    return value
 
 
 def _cluster(cluster_id: str, aws: Aws) -> dict[str, Any] | None:
@@ -426,8 +438,7 @@ def submit(cluster_id: str, bucket: str, args: Sequence[str], aws: Aws) -> str |
             f"cluster {cluster_id} is {cluster['Status']['State']}: steps run on a WAITING or "
             "RUNNING cluster"
         )
-    args = list(args)
-    images = args[args.index("--images") + 1] if "--images" in args[:-1] else None
+    images = _option(args, "--images")
     if images and images.startswith(("s3://", "s3a://")) and not aws.dry_run:
         from p8lib.s3 import S3Location
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -143,6 +144,17 @@ def test_dry_run_prints_valid_requests_and_sends_nothing() -> None:
         assert result.returncode == 0, result.stderr
     no_cluster = p8("emr", "status", env={**env, "P8_CLUSTER_ID": ""})
     assert no_cluster.returncode == 2 and "--cluster-id" in no_cluster.stderr
+
+
+def test_options_given_with_equals_are_read_as_argparse_reads_them() -> None:
+    """`--master=local[2]` is the user's master (no `--master yarn` added in front of it)."""
+    args = ["run", "--master=local[2]", "--images=s3://fruits-b/in", "--output", "s3://fruits-b/o"]
+    step = emr.step_request("j-1", "fruits-b", args)["Steps"][0]
+    tokens = shlex.split(step["HadoopJarStep"]["Args"][2])
+    assert tokens[tokens.index("run") :] == args
+    assert emr._option(args, "--images") == "s3://fruits-b/in"
+    assert emr._option([*args, "--images", "s3://b/2"], "--images") == "s3://b/2"
+    assert emr._option(["run", "--images"], "--images") is None
 
 
 def test_cost_estimate() -> None:

@@ -266,6 +266,9 @@ def test_submit_needs_a_live_cluster_and_images_to_read(aws: MotoServer, wheel: 
     run = ["run", "--images", "s3://fruits-submit/data/Test", "--output", "s3://fruits-submit/o"]
     line = _one_line_error(p8(*base, *run, env=aws.env()), 1)
     assert "s3://fruits-submit/data/Test holds nothing" in line
+    joined = ["run", "--images=s3://fruits-submit/data/Test", "--output=s3://fruits-submit/o"]
+    line = _one_line_error(p8(*base, *joined, env=aws.env()), 1)
+    assert "s3://fruits-submit/data/Test holds nothing" in line
     aws.client("emr").terminate_job_flows(JobFlowIds=[cluster_id])
     line = _one_line_error(p8(*base, *run, env=aws.env()), 1)
     assert f"cluster {cluster_id} is TERMINATED" in line
