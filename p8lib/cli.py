@@ -225,7 +225,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--glob",
         help="only files whose name matches, any case, e.g. '*.png' (default: every image "
-        "file: .jpg .jpeg .png .webp .bmp .tif .tiff .gif, any case)",
+        "file: .jpg .jpeg .png .webp .bmp .tif .tiff .gif .heic .heif, any case)",
     )
     run.add_argument(
         "--weights", default="imagenet", help="'imagenet' (Keras cache) or a .h5/.keras file"

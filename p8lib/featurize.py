@@ -9,6 +9,7 @@ TensorFlow is imported only where a Keras model is built, never at import time.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -109,16 +110,19 @@ def check_weights(path: Path) -> None:
 
 
 def load_image(content: bytes, size: int) -> np.ndarray:
-    """Decode any Pillow-readable image to a ``size``×``size``×3 uint8 RGB array.
+    """Decode any Pillow-readable image, or a phone's HEIC/HEIF, to a ``size``×``size``×3 uint8
+    RGB array.
 
-    EXIF orientation is applied; transparency is flattened onto white (Fruits-360's
-    background); grayscale, palette, CMYK and 16-bit images are converted to 8-bit RGB.
+    EXIF orientation is applied (HEIF's own rotation by pillow-heif, which then says 1);
+    transparency is flattened onto white (Fruits-360's background); grayscale, palette, CMYK
+    and 16-bit images are converted to 8-bit RGB.
     Raises ``ValueError`` with a short reason for anything that is not a usable image.
     """
     from PIL import Image, ImageOps
 
     if not content:
         raise ValueError("empty file")
+    _read_heif()
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -136,12 +140,21 @@ def load_image(content: bytes, size: int) -> np.ndarray:
             raise
         except Image.UnidentifiedImageError:
             raise ValueError(
-                "not a readable image: not in a format Pillow reads (jpg, png, webp, bmp, tif, gif)"
+                "not a readable image: not in a format Pillow reads "
+                "(jpg, png, webp, bmp, tif, gif, heic)"
             ) from None
         except Exception as exc:  # Pillow raises many kinds for broken files
             raise ValueError(f"not a readable image: {type(exc).__name__}: {exc}") from None
     img = _to_rgb(img)
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+@functools.cache
+def _read_heif() -> None:
+    """Pillow reads HEIC/HEIF (iPhones' photos) from now on, in this process."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
 
 
 def _to_rgb(img: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 from p8lib.errors import UsageError
 
-# What Pillow decodes out of the box; a phone's HEIC/HEIF needs a plug-in we do not ship.
+# What Pillow decodes, and a phone's HEIC/HEIF through the pillow-heif plug-in.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
     ".jpeg",
@@ -30,6 +30,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".tif",
     ".tiff",
     ".gif",
+    ".heic",
+    ".heif",
 )
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

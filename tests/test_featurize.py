@@ -17,6 +17,13 @@ def _encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
     return buf.getvalue()
 
 
+def _heic(img: Image.Image) -> bytes:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    return _encode(img, "HEIF", quality=95)
+
+
 def _gradient(mode: str = "RGB", size: tuple[int, int] = (100, 80)) -> Image.Image:
     x = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3).astype(np.uint8)
     return Image.fromarray(x, "RGB").convert(mode)
@@ -59,6 +66,25 @@ def test_exif_orientation_is_applied() -> None:
     out = load_image(_encode(img, "JPEG", exif=exif, quality=95), 100)
     # After rotation the white half is on top.
     assert out[:40].mean() > 200 and out[60:, :, 2].mean() > 200 and out[60:, :, 0].mean() < 60
+
+
+def test_a_phones_heic_is_read_upright_and_as_encoded() -> None:
+    """HEIC as an iPhone writes it (libheif's x265 encoder, through Pillow's save and
+    pillow-heif): the rotation in the container (irot, from EXIF orientation 6, which stays in
+    the EXIF too) is applied once, and the pixels are the photo's, within HEVC's loss. (That
+    p8 teaches Pillow HEIF by itself: `p8 predict` on a .HEIC, test_real_photos.)"""
+    img = Image.new("RGB", (100, 50), (0, 0, 255))
+    img.paste((255, 255, 255), (0, 0, 50, 50))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.info["exif"] = exif.tobytes()
+    heic = _heic(img)
+    assert heic[4:12] == b"ftypheic" and b"irot" in heic
+    out = load_image(heic, 100)
+    assert out[:40].mean() > 200 and out[60:, :, 2].mean() > 200 and out[60:, :, 0].mean() < 60
+    photo = _gradient(size=(96, 96))
+    decoded = load_image(_heic(photo), 96)
+    assert np.abs(decoded.astype(int) - np.asarray(photo, dtype=int)).mean() < 4
 
 
 @pytest.mark.parametrize(

@@ -409,6 +409,34 @@ def test_predict_says_when_it_is_unsure(sample_model, sample_dir) -> None:
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
 
 
+def test_an_iphones_heic_photo_is_answered_as_the_same_photo_in_jpeg(
+    sample_model, sample_dir, tmp_path
+) -> None:
+    """HEIC encoded by libheif (x265, through pillow-heif); p8 reads it with no set-up."""
+    from PIL import Image
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()  # for saving here; p8 runs in its own process
+    model = sample_model.model.removeprefix("file://")
+    phone = tmp_path / "Camera Roll" / "Apple"
+    phone.mkdir(parents=True)
+    jpegs = [str(p) for p in sorted(sample_dir.rglob("*.jpg"))[::9][:3]]
+    for i, jpeg in enumerate(jpegs):
+        Image.open(jpeg).save(phone / f"IMG_{i:04d}.HEIC", format="HEIF", quality=95)
+    heics = [str(p) for p in sorted(phone.iterdir())]
+    answers = [json.loads(x) for x in p8("predict", *jpegs, *heics, "--model", model, "--json")
+               .stdout.splitlines()]  # fmt: skip
+    assert len(answers) == 6 and not any("error" in a for a in answers)
+    for as_jpeg, as_heic in zip(answers[:3], answers[3:], strict=True):
+        assert as_heic["top"][0]["label"] == as_jpeg["top"][0]["label"]
+        assert as_heic["top"][0]["probability"] == pytest.approx(
+            as_jpeg["top"][0]["probability"], abs=0.1
+        )
+    result = p8("evaluate", "--model", model, "--images", str(phone.parent))
+    assert result.returncode == 0, result.stderr
+    assert "3 photos: fine top-1" in result.stdout
+
+
 def test_augment_is_checked_and_planned(sample_dir, tmp_path) -> None:
     out = str(tmp_path / "out")
     plan = p8("run", "--images", str(sample_dir), "--output", out, "--dry-run", "--augment", "3")

@@ -14,6 +14,7 @@ PINS=(
   "pandas==2.2.3"
   "pyarrow==17.0.0"
   "pillow==11.1.0"
+  "pillow-heif==1.8.1"
   "matplotlib==3.9.4"
   "tensorflow-cpu==2.18.1"
   "keras==3.8.0"
