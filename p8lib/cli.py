@@ -16,6 +16,7 @@ from p8lib import __version__
 from p8lib.config import MODES, SparkSettings
 from p8lib.engine import ENGINES, PRECISIONS
 from p8lib.errors import P8Error, UsageError
+from p8lib.listing import IMAGE_EXTENSIONS
 from p8lib.predict import UNSURE_BELOW
 
 PROG = "p8"
@@ -225,7 +226,7 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--glob",
         help="only files whose name matches, any case, e.g. '*.png' (default: every image "
-        "file: .jpg .jpeg .png .webp .bmp .tif .tiff .gif .heic .heif, any case)",
+        f"file: {' '.join(IMAGE_EXTENSIONS)}, any case)",
     )
     run.add_argument(
         "--weights", default="imagenet", help="'imagenet' (Keras cache) or a .h5/.keras file"
