@@ -109,6 +109,10 @@ def check_weights(path: Path) -> None:
         raise UsageError(f"--weights {path} holds no MobileNetV2 weights (no Conv1/Conv_1 layers)")
 
 
+class _TooLarge(ValueError):
+    """An image over ``MAX_PIXELS``: its own reason, not "not a readable image"."""
+
+
 def load_image(content: bytes, size: int) -> np.ndarray:
     """Decode any Pillow-readable image, or a phone's HEIC/HEIF, to a ``size``×``size``×3 uint8
     RGB array.
@@ -129,22 +133,23 @@ def load_image(content: bytes, size: int) -> np.ndarray:
         try:
             img: Any = Image.open(io.BytesIO(content))
             if img.width * img.height > MAX_PIXELS:
-                raise ValueError(f"image too large: {img.width}x{img.height} > {MAX_PIXELS} pixels")
+                raise _TooLarge(f"image too large: {img.width}x{img.height} > {MAX_PIXELS} pixels")
             # JPEG: let the decoder downscale by a power of two when the photo is much larger.
             img.draft("RGB", (size, size))
             img = ImageOps.exif_transpose(img)
             img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ValueError(f"image too large: {exc}") from None
-        except ValueError:
+        except _TooLarge:
             raise
         except Image.UnidentifiedImageError:
             raise ValueError(
                 "not a readable image: not in a format Pillow reads "
                 "(jpg, png, webp, bmp, tif, gif, heic)"
             ) from None
-        except Exception as exc:  # Pillow raises many kinds for broken files
-            raise ValueError(f"not a readable image: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # Pillow and pillow-heif raise many kinds for broken files
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "broken file"
+            raise ValueError(f"not a readable image: {type(exc).__name__}: {reason}") from None
     img = _to_rgb(img)
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 

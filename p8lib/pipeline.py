@@ -107,7 +107,8 @@ class RunResult:
         return "\n".join(
             [
                 f"{self.images} images ({done}{self.failed} failed) → "
-                f"k = {self.k} components, {self.variance_reached:.1%} of the variance, "
+                f"k = {self.k} component{'' if self.k == 1 else 's'}, "
+                f"{self.variance_reached:.1%} of the variance, "
                 f"{self.seconds['total']:.1f} s",
                 *self.notes,
                 f"results: {self.output}/ ({PARQUET}, {PLOT}, {MANIFEST})",

@@ -105,6 +105,14 @@ def test_truncated_jpeg_is_an_error() -> None:
         load_image(data[: len(data) // 2], 224)
 
 
+def test_truncated_heic_is_a_one_line_reason() -> None:
+    """A phone photo cut short in a copy: pillow-heif's own ValueError becomes the same
+    "not a readable image" as a broken JPEG, on one line (it was passed through as it was)."""
+    data = _heic(_gradient(size=(300, 200)))
+    with pytest.raises(ValueError, match=r"^not a readable image: \w+: [^\n]+$"):
+        load_image(data[: len(data) // 2], 224)
+
+
 def test_decompression_bomb_is_refused() -> None:
     from p8lib.featurize import MAX_PIXELS
 
