@@ -9,6 +9,10 @@ matrix) and solved on the driver:
   the photo: one fruit of a bin) and averages the cells' probabilities.
 - **studio gate**: two classes, the images themselves (a fruit alone on white, Fruits-360's
   studio shots) against their variants. It says how much a photo looks like a studio shot.
+- **colour**, when the rows have ``p8 run``'s colour histograms: a third discriminant, on the
+  hues of each image's and variant's non-white pixels (:func:`colour_bins`). Applied to the
+  square around each cell of a photo (:func:`cell_colours`), its margins are added to the
+  photo discriminant's, weighed by ``COLOUR_WEIGHT``: a product of the two experts.
 
 ``p8 predict`` (:meth:`p8lib.predict.Classifier.answer`) mixes the two answers:
 ``P(studio) × the regression's + (1 − P(studio)) × the photo model's``. The regression,
@@ -28,8 +32,9 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +48,11 @@ if TYPE_CHECKING:
 PHOTO_MODEL = "photo_model.json"
 SHRINKAGE = 0.1
 CELL_MARGIN = 1  # the map's border cells are left out (7×7 → the inner 5×5)
+# The colour discriminant's margins count this much beside the features' (README, "Real photos":
+# on the outside photos, 0.5 gained 9 photos and lost 3 with this model's variants, 5 and 1 with
+# another draw of them).
+COLOUR_WEIGHT = 0.5
+COLOUR_DIM = 35
 
 
 def softmax(margins: np.ndarray) -> np.ndarray:
@@ -61,6 +71,56 @@ def root(features: np.ndarray, *, unit: bool = True) -> np.ndarray:
     return x
 
 
+def colour_bins(histograms: np.ndarray) -> np.ndarray:
+    """``p8 run``'s colour histograms (hsv-16x8x8-sqrt, last axis) reduced to what the colour
+    discriminant reads: near-white pixels (Fruits-360's background, a price tag) left out; the
+    coloured ones by hue (16) and saturation (below or above 160/255), the greys by value (3);
+    square roots of the fractions (:data:`COLOUR_DIM` values of length 1).
+
+    >>> h = np.zeros(1024); h[3 * 64 + 7 * 8 + 7] = 0.6; h[7] = 0.8  # a saturated hue, white
+    >>> b = colour_bins(h); int(b.argmax()), round(float(b.max()), 6)
+    (7, 1.0)
+    """
+    h = np.asarray(histograms, dtype=np.float64)
+    h = (h.reshape(*h.shape[:-1], 16, 8, 8) ** 2).copy()  # fractions, hue × sat × value
+    h[..., 0, 7] = 0.0  # lowest saturation, highest value: white
+    chroma = h[..., 2:, 2:]  # saturation and value ≥ 64
+    pale, vivid = chroma[..., :3, :].sum(axis=(-1, -2)), chroma[..., 3:, :].sum(axis=(-1, -2))
+    grey = h.sum(axis=-3)
+    grey[..., 2:, 2:] = 0.0
+    value = grey.sum(axis=-2)
+    bins = np.concatenate(
+        [
+            np.stack([pale, vivid], axis=-1).reshape(*h.shape[:-3], 32),
+            np.stack([value[..., :2].sum(-1), value[..., 2:5].sum(-1), value[..., 5:].sum(-1)], -1),
+        ],
+        axis=-1,
+    )
+    return np.sqrt(bins / np.maximum(bins.sum(axis=-1, keepdims=True), 1e-12))
+
+
+def inner_margin(grid: int) -> int:
+    """How many border cells of a ``grid``-wide map the photo model leaves out."""
+    return CELL_MARGIN if grid > 2 * CELL_MARGIN else 0
+
+
+def cell_colours(image: np.ndarray, grid: int) -> np.ndarray:
+    """The colour histogram (``p8 run``'s) of the square around each inner cell of a
+    ``grid``×``grid`` feature map over ``image`` (the cell and half of each neighbour), in the
+    order :meth:`PhotoModel.probabilities` reads the cells: cells × 1024."""
+    from p8lib.featurize import color_histogram
+
+    size, m = image.shape[0], inner_margin(grid)
+    step = size / grid
+    out = []
+    for i in range(m, grid - m):
+        for j in range(m, grid - m):
+            top, left = int(max(0, (i - 1) * step)), int(max(0, (j - 1) * step))
+            bottom, right = int(min(size, (i + 2) * step)), int(min(size, (j + 2) * step))
+            out.append(color_histogram(np.ascontiguousarray(image[top:bottom, left:right])))
+    return np.stack(out)
+
+
 @dataclass
 class Scatter:
     """Per-class counts and sums of the features as :func:`root` gives them, and their Gram
@@ -73,18 +133,27 @@ class Scatter:
     def __add__(self, other: Scatter) -> Scatter:
         return Scatter(self.counts + other.counts, self.sums + other.sums, self.gram + other.gram)
 
+    @classmethod
+    def zeros(cls, classes: int, dim: int) -> Scatter:
+        return cls(np.zeros(classes), np.zeros((classes, dim)), np.zeros((dim, dim)))
+
 
 def scatter(
-    rows: Iterator[tuple[int, Any]], *, classes: int, dim: int, chunk: int = 1024
+    rows: Iterator[tuple[int, Any]],
+    *,
+    classes: int,
+    dim: int,
+    chunk: int = 1024,
+    transform: Callable[[np.ndarray], np.ndarray] = root,
 ) -> Scatter:
-    """The :class:`Scatter` of ``(class index, features)`` rows (features through :func:`root`)."""
-    out = Scatter(np.zeros(classes), np.zeros((classes, dim)), np.zeros((dim, dim)))
+    """The :class:`Scatter` of ``(class index, values)`` rows (values through ``transform``)."""
+    out = Scatter.zeros(classes, dim)
     while True:
         block = [row for _, row in zip(range(chunk), rows, strict=False)]
         if not block:
             return out
         y = np.array([c for c, _ in block], dtype=int)
-        x = root(np.array([f for _, f in block]))
+        x = transform(np.array([f for _, f in block]))
         out.counts += np.bincount(y, minlength=classes)
         np.add.at(out.sums, y, x)
         out.gram += x.T @ x
@@ -109,7 +178,9 @@ def discriminant(part: Scatter, *, shrinkage: float) -> tuple[np.ndarray, np.nda
 @dataclass(frozen=True)
 class PhotoModel:
     """The photo discriminant and the studio gate, over the features as :func:`root` gives
-    them (``unit``: scaled to length 1; False in photo models saved before it was)."""
+    them (``unit``: scaled to length 1; False in photo models saved before it was), and the
+    colour discriminant over :func:`colour_bins` (None in models saved before it, or trained
+    without colour histograms)."""
 
     coefficients: np.ndarray  # classes × 1280, in the regression's label order
     intercepts: np.ndarray
@@ -117,25 +188,41 @@ class PhotoModel:
     gate_intercepts: np.ndarray
     shrinkage: float = SHRINKAGE
     unit: bool = True
+    colour_coefficients: np.ndarray | None = None  # classes × COLOUR_DIM
+    colour_intercepts: np.ndarray | None = None
+    colour_weight: float = COLOUR_WEIGHT
+
+    @property
+    def colour(self) -> bool:
+        """Whether it reads the colours around each cell (:func:`cell_colours`)."""
+        return self.colour_coefficients is not None
 
     def studio(self, pooled: np.ndarray) -> np.ndarray:
         """P(a studio shot like Fruits-360's) of each pooled feature row."""
         x = root(np.atleast_2d(pooled), unit=self.unit)
         return softmax(x @ self.gate_coefficients.T + self.gate_intercepts)[:, 0]
 
-    def probabilities(self, maps: np.ndarray) -> np.ndarray:
+    def probabilities(self, maps: np.ndarray, colours: np.ndarray | None = None) -> np.ndarray:
         """Class probabilities from the feature maps (N×h×w×1280: the inner cells'
-        probabilities averaged) or, when only pooled features are at hand (N×1280), from them."""
+        probabilities averaged) or, when only pooled features are at hand (N×1280), from them.
+        ``colours``: the histograms around the inner cells (N × cells × 1024,
+        :func:`cell_colours`), which a model with a colour discriminant needs with maps."""
         if maps.ndim == 2:
             cells = maps[:, None, :]
         else:
-            m = CELL_MARGIN if min(maps.shape[1:3]) > 2 * CELL_MARGIN else 0
-            inner = maps[:, m : maps.shape[1] - m, m : maps.shape[2] - m]
+            mh, mw = inner_margin(maps.shape[1]), inner_margin(maps.shape[2])
+            inner = maps[:, mh : maps.shape[1] - mh, mw : maps.shape[2] - mw]
             cells = inner.reshape(len(maps), -1, maps.shape[-1])
-        x = root(cells, unit=self.unit)
-        probs = softmax(
-            (x @ self.coefficients.T + self.intercepts).reshape(-1, len(self.intercepts))
-        )
+        margins = root(cells, unit=self.unit) @ self.coefficients.T + self.intercepts
+        if self.colour_coefficients is not None and self.colour_intercepts is not None:
+            if maps.ndim == 4 and colours is None:
+                raise ValueError("this photo model needs the colours around each cell")
+            if colours is not None:
+                if colours.shape[:2] != cells.shape[:2]:
+                    raise ValueError(f"colours of {colours.shape[:2]} cells for {cells.shape[:2]}")
+                colour = colour_bins(colours) @ self.colour_coefficients.T + self.colour_intercepts
+                margins = margins + self.colour_weight * colour
+        probs = softmax(margins.reshape(-1, len(self.intercepts)))
         return probs.reshape(len(cells), -1, len(self.intercepts)).mean(axis=1)
 
     def record(self) -> dict[str, Any]:
@@ -145,9 +232,19 @@ class PhotoModel:
             "shrinkage": self.shrinkage,
             "unit_length": self.unit,
             "cell_margin": CELL_MARGIN,
+            "colour_weight": self.colour_weight if self.colour else None,
         }
 
     def to_json(self) -> bytes:
+        colour = (
+            {
+                "colour_coefficients": self.colour_coefficients.tolist(),
+                "colour_intercepts": self.colour_intercepts.tolist(),
+                "colour_weight": self.colour_weight,
+            }
+            if self.colour_coefficients is not None and self.colour_intercepts is not None
+            else {}
+        )
         return json.dumps(
             {
                 "shrinkage": self.shrinkage,
@@ -156,12 +253,14 @@ class PhotoModel:
                 "intercepts": self.intercepts.tolist(),
                 "gate_coefficients": self.gate_coefficients.tolist(),
                 "gate_intercepts": self.gate_intercepts.tolist(),
+                **colour,
             }
         ).encode()
 
     @classmethod
     def from_json(cls, text: bytes | str) -> PhotoModel:
         data = json.loads(text)
+        colour = "colour_coefficients" in data
         return cls(
             coefficients=np.asarray(data["coefficients"], dtype=np.float64),
             intercepts=np.asarray(data["intercepts"], dtype=np.float64),
@@ -169,27 +268,55 @@ class PhotoModel:
             gate_intercepts=np.asarray(data["gate_intercepts"], dtype=np.float64),
             shrinkage=float(data["shrinkage"]),
             unit=bool(data.get("unit_length", False)),
+            colour_coefficients=(
+                np.asarray(data["colour_coefficients"], dtype=np.float64) if colour else None
+            ),
+            colour_intercepts=(
+                np.asarray(data["colour_intercepts"], dtype=np.float64) if colour else None
+            ),
+            colour_weight=float(data.get("colour_weight", COLOUR_WEIGHT)),
         )
 
 
 def fit(rows: DataFrame, *, labels: list[str], shrinkage: float = SHRINKAGE) -> PhotoModel:
-    """Both discriminants from ``rows`` (``label``, ``features``, ``variant``): one Spark pass."""
+    """The discriminants from ``rows`` (``label``, ``features``, ``variant``[, ``color``]):
+    one Spark pass; the colour discriminant when the rows have colour histograms."""
     index = {label: i for i, label in enumerate(labels)}
     classes = len(labels)
+    colour = "color" in rows.columns
 
-    def partition(part: Iterable[Any]) -> Iterator[Scatter]:
-        tagged = ((index[r[0]] * 2 + (r[2] > 0), r[1]) for r in part if r[0] in index)
-        yield scatter(tagged, classes=2 * classes, dim=FEATURE_DIM)
+    def partition(part: Iterable[Any]) -> Iterator[tuple[Scatter, Scatter | None]]:
+        features = Scatter.zeros(2 * classes, FEATURE_DIM)
+        hues = Scatter.zeros(classes, COLOUR_DIM) if colour else None
+        known = (r for r in part if r[0] in index)
+        while block := list(itertools.islice(known, 1024)):
+            tagged = ((index[r[0]] * 2 + (r[2] > 0), r[1]) for r in block)
+            features += scatter(tagged, classes=2 * classes, dim=FEATURE_DIM)
+            if hues is not None:
+                by_class = ((index[r[0]], r[3]) for r in block)
+                hues += scatter(by_class, classes=classes, dim=COLOUR_DIM, transform=colour_bins)
+        yield features, hues
 
-    total = (
-        rows.select("label", "features", "variant")
-        .rdd.mapPartitions(partition)
-        .treeReduce(lambda a, b: a + b)
-    )
+    def add(
+        a: tuple[Scatter, Scatter | None], b: tuple[Scatter, Scatter | None]
+    ) -> tuple[Scatter, Scatter | None]:
+        return a[0] + b[0], (a[1] + b[1] if a[1] is not None and b[1] is not None else None)
+
+    columns = ["label", "features", "variant", *(["color"] if colour else [])]
+    total, hues = rows.select(*columns).rdd.mapPartitions(partition).treeReduce(add)
     by_class = total.sums.reshape(classes, 2, FEATURE_DIM)
     counts = total.counts.reshape(classes, 2)
     photo = Scatter(counts.sum(axis=1), by_class.sum(axis=1), total.gram)
     gate = Scatter(counts.sum(axis=0), by_class.sum(axis=0), total.gram)
     coefficients, intercepts = discriminant(photo, shrinkage=shrinkage)
     gate_coefficients, gate_intercepts = discriminant(gate, shrinkage=shrinkage)
-    return PhotoModel(coefficients, intercepts, gate_coefficients, gate_intercepts, shrinkage)
+    colour_fit = discriminant(hues, shrinkage=shrinkage) if hues is not None else (None, None)
+    return PhotoModel(
+        coefficients,
+        intercepts,
+        gate_coefficients,
+        gate_intercepts,
+        shrinkage,
+        colour_coefficients=colour_fit[0],
+        colour_intercepts=colour_fit[1],
+    )

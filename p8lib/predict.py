@@ -22,13 +22,13 @@ import numpy as np
 from p8lib import io
 from p8lib.artifacts import FEATURE_DIM, MODEL_INFO, SPARK_MODEL, Col, ModelInfo
 from p8lib.errors import P8Error, UsageError
-from p8lib.photo import PHOTO_MODEL, PhotoModel, softmax
+from p8lib.photo import COLOUR_DIM, PHOTO_MODEL, PhotoModel, cell_colours, softmax
 from p8lib.progress import Reporter
 from p8lib.reduce import inverse_std
 
 # p8 predict says "unsure" below this top probability: on real shop photos (README, "Real
-# photos"), the photo model named the right fruit in 72% of its answers above it (20% of the
-# photos), and in 62% with another draw of its training variants; 0.5 gave 61% and 51%.
+# photos"), the photo model named the right fruit in 72% of its answers above it (21% of the
+# photos), and in 67% with another draw of its training variants; 0.5 gave 61% and 57%.
 UNSURE_BELOW = 0.6
 
 
@@ -70,23 +70,33 @@ class Classifier:
             x = np.hstack([x, (c - self.color_mean) * inverse_std(self.color_std)])
         return softmax(x @ self.coefficients.T + self.intercepts)
 
-    def answer(self, outputs: np.ndarray, color: np.ndarray | None = None) -> np.ndarray:
+    def answer(
+        self,
+        outputs: np.ndarray,
+        color: np.ndarray | None = None,
+        cell_colours: np.ndarray | None = None,
+    ) -> np.ndarray:
         """What ``p8 predict`` says: the regression's probabilities, mixed with the photo
         model's when there is one. ``outputs``: the network's pooled features (N×1280) or its
-        feature maps (N×h×w×1280, which the photo model reads cell by cell)."""
+        feature maps (N×h×w×1280, which the photo model reads cell by cell, with the colours
+        around its cells when it has a colour discriminant: :func:`p8lib.photo.cell_colours`)."""
         outputs = np.atleast_2d(outputs)  # one row, or many; maps stay N×h×w×1280
         features = outputs.mean(axis=(1, 2)) if outputs.ndim == 4 else outputs
         probs = self.probabilities(features, color)
         if self.photo is None:
             return probs
         studio = self.photo.studio(features)[:, None]  # how much each looks like a studio shot
-        return studio * probs + (1 - studio) * self.photo.probabilities(outputs)
+        return studio * probs + (1 - studio) * self.photo.probabilities(outputs, cell_colours)
 
     def top(
-        self, features: np.ndarray, color: np.ndarray | None = None, n: int = 3
+        self,
+        features: np.ndarray,
+        color: np.ndarray | None = None,
+        n: int = 3,
+        cell_colours: np.ndarray | None = None,
     ) -> list[list[tuple[str, float]]]:
         """The ``n`` most likely labels with their probabilities, per row (:meth:`answer`)."""
-        probs = self.answer(features, color)
+        probs = self.answer(features, color, cell_colours)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :n]
         return [
             [(self.labels[j], float(row[j])) for j in idx]
@@ -202,7 +212,10 @@ def _photo_model(path: Path, classes: int, *, where: str) -> PhotoModel | None:
             f"{where}/{PHOTO_MODEL} is unreadable ({exc}): train the model again"
         ) from None
     shapes = (photo.coefficients.shape, photo.gate_coefficients.shape)
-    if shapes != ((classes, FEATURE_DIM), (2, FEATURE_DIM)):
+    colour = photo.colour_coefficients
+    if shapes != ((classes, FEATURE_DIM), (2, FEATURE_DIM)) or (
+        colour is not None and colour.shape != (classes, COLOUR_DIM)
+    ):
         raise P8Error(f"{where}/{PHOTO_MODEL} does not fit this model's {classes} classes")
     return photo
 
@@ -370,4 +383,7 @@ def _rank(
 
     features = embed(net, np.stack(images), batch_size=batch_size)
     colors = np.stack([color_histogram(im) for im in images]) if classifier.color else None
-    return classifier.top(features, colors, top)
+    around = None
+    if classifier.photo is not None and classifier.photo.colour and features.ndim == 4:
+        around = np.stack([cell_colours(im, features.shape[1]) for im in images])
+    return classifier.top(features, colors, top, around)

@@ -57,6 +57,85 @@ def test_cutout_keeps_the_fruit_and_drops_the_white() -> None:
     assert blank.size == (50, 50)  # nothing but white: the whole frame is kept
 
 
+def test_colour_bins_count_the_fruits_pixels_not_the_white() -> None:
+    """The colour discriminant's input, from p8 run's histogram, against the pixels counted
+    directly: a red disc on white is all red; white pixels count for nothing."""
+    from PIL import Image
+
+    from p8lib.featurize import color_histogram
+    from p8lib.photo import colour_bins
+
+    image = _fruit_on_white((200, 30, 30))
+    bins = colour_bins(color_histogram(image))
+    assert bins.shape == (35,) and np.isclose((bins**2).sum(), 1.0)
+    hue, sat, val = (
+        np.asarray(Image.fromarray(np.array([[[200, 30, 30]]], np.uint8)).convert("HSV"))
+        .reshape(3)
+        .astype(int)
+    )
+    expected = np.zeros(35)
+    expected[(hue * 16 >> 8) * 2 + (sat >= 160)] = 1.0
+    np.testing.assert_allclose(bins, expected, atol=1e-6)
+    # Half green, on white: two bins of equal weight (square roots of one half).
+    two = np.full((100, 100, 3), 255, np.uint8)
+    two[20:80, 10:50], two[20:80, 50:90] = (200, 30, 30), (30, 160, 30)
+    b = colour_bins(color_histogram(two))
+    assert np.sort(b)[-2:] == pytest.approx([0.5**0.5, 0.5**0.5], abs=0.02)
+
+
+def test_cell_colours_read_the_square_around_each_cell() -> None:
+    """Left half red, right half green, 224 px, a 7×7 map: the inner 5×5 cells' squares (the
+    cell and half of each neighbour, 96 px) are red on the left, green on the right."""
+    from p8lib.featurize import color_histogram
+    from p8lib.photo import cell_colours
+
+    image = np.zeros((224, 224, 3), np.uint8)
+    image[:, :112], image[:, 112:] = (200, 30, 30), (30, 160, 30)
+    cells = cell_colours(image, 7).reshape(5, 5, -1)
+    red, green = color_histogram(image[:, :112]), color_histogram(image[:, 112:])
+    np.testing.assert_allclose(cells[:, 0], np.broadcast_to(red, (5, red.size)))  # x 0-96
+    np.testing.assert_allclose(cells[:, 4], np.broadcast_to(green, (5, red.size)))  # 128-224
+    middle = cells[2, 2]  # x 64-160: half of each
+    assert (middle**2)[red > 0].sum() == pytest.approx(0.5, abs=0.02)
+    np.testing.assert_allclose(cells[0, 2], middle)  # rows do not matter here
+
+
+def test_the_colour_discriminant_adds_its_margins_cell_by_cell() -> None:
+    """A photo model whose features say nothing (zero coefficients) and whose colour
+    discriminant knows red (class 0) from green (class 1): a photo red on its left three fifths
+    leans to class 0 by the cells' average; weight 0 leaves it undecided."""
+    from p8lib import photo
+    from p8lib.featurize import color_histogram
+
+    red, green = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)
+    red[...], green[...] = (200, 30, 30), (30, 160, 30)
+    hues = photo.colour_bins(np.stack([color_histogram(red), color_histogram(green)]))
+    model = photo.PhotoModel(
+        coefficients=np.zeros((2, 1280)),
+        intercepts=np.zeros(2),
+        gate_coefficients=np.zeros((2, 1280)),
+        gate_intercepts=np.zeros(2),
+        colour_coefficients=4 * hues,  # margin 4 for its own colour, 0 for the other
+        colour_intercepts=np.zeros(2),
+    )
+    image = np.zeros((224, 224, 3), np.uint8)
+    image[:, :134], image[:, 134:] = (200, 30, 30), (30, 160, 30)
+    around = photo.cell_colours(image, 7)[None]
+    maps = np.ones((1, 7, 7, 1280))
+    bins = photo.colour_bins(around[0])  # each cell: how red, how green
+    margins = photo.COLOUR_WEIGHT * bins @ (4 * hues).T
+    expected = photo.softmax(margins).mean(axis=0)
+    got = model.probabilities(maps, around)[0]
+    np.testing.assert_allclose(got, expected)
+    assert got[0] > 0.55 > 0.45 > got[1]
+    even = photo.PhotoModel(**{**model.__dict__, "colour_weight": 0.0})
+    np.testing.assert_allclose(even.probabilities(maps, around)[0], [0.5, 0.5])
+    # Saved and read back, it answers the same.
+    again = photo.PhotoModel.from_json(model.to_json())
+    np.testing.assert_allclose(again.probabilities(maps, around), [got])
+    assert again.record()["colour_weight"] == photo.COLOUR_WEIGHT
+
+
 @pytest.fixture(scope="module")
 def augmented(spark, sample_dir, tmp_path_factory):
     """Six sample images of three classes, with 2 variants of each."""
@@ -142,6 +221,12 @@ def test_a_model_trained_on_variants_is_evaluated_on_images_only(spark, augmente
         photo_model=False,
     )
     assert plain.train_rows == 18 and not (root / "plain" / "photo_model.json").exists()
+    assert info["photo_model"]["colour_weight"] == 0.5  # the rows have colour histograms
+    # Without them (--no-color), the photo model reads the features alone.
+    train(features=result.output, model=str(root / "grey"), test=result.output, k=2, color=False)
+    grey = json.loads((root / "grey" / "model.json").read_text())["photo_model"]
+    assert grey["colour_weight"] is None
+    assert "colour_coefficients" not in json.loads((root / "grey" / "photo_model.json").read_text())
 
 
 class _ShrunkToDiagonal:
@@ -189,6 +274,18 @@ def test_photo_model_is_scikit_learns_discriminant_analysis(spark, augmented) ->
             coef, intercept = coef[order], intercept[order]
         ours = photo.softmax(x @ coef.T + intercept)
         np.testing.assert_allclose(ours, reference.predict_proba(x), atol=1e-6)
+    # The colour discriminant: the same LDA on the reduced colour histograms of the rows.
+    assert classifier.photo.colour and classifier.photo.colour_weight == photo.COLOUR_WEIGHT
+    hues = photo.colour_bins(np.stack(table["color"]))
+    reference = LinearDiscriminantAnalysis(
+        solver="lsqr", covariance_estimator=_ShrunkToDiagonal(photo.SHRINKAGE)
+    ).fit(hues, table["label"])
+    order = [classifier.labels.index(c) for c in reference.classes_]
+    assert classifier.photo.colour_coefficients is not None
+    assert classifier.photo.colour_intercepts is not None
+    coef = classifier.photo.colour_coefficients[order]
+    ours = photo.softmax(hues @ coef.T + classifier.photo.colour_intercepts[order])
+    np.testing.assert_allclose(ours, reference.predict_proba(hues), atol=1e-6)
     # The gate tells the training images from their variants.
     studio = classifier.photo.studio(np.stack(table["features"]))
     assert (studio[table["variant"] == 0] > 0.5).all() and (
@@ -201,7 +298,7 @@ def test_predict_mixes_the_photo_model_by_how_studio_like_a_photo_is(
 ) -> None:
     """A studio image is answered by the regression, a variant by the photo model; the feature
     map network's average is the pooled network's features."""
-    from p8lib import engine
+    from p8lib import engine, photo
     from p8lib.featurize import color_histogram, load_image
     from p8lib.predict import load_classifier, predict_photos
 
@@ -230,11 +327,15 @@ def test_predict_mixes_the_photo_model_by_how_studio_like_a_photo_is(
     assert maps.shape == (3, 7, 7, 1280)
     np.testing.assert_allclose(maps.mean(axis=(1, 2)), pooled, atol=1e-4)
     colors = np.stack([color_histogram(im) for im in images])
+    around = np.stack([photo.cell_colours(im, 7) for im in images])
+    assert around.shape == (3, 25, 1024)
     mean = maps.mean(axis=(1, 2))
     regression = classifier.probabilities(mean, colors)
-    photo_probs = classifier.photo.probabilities(maps)
+    photo_probs = classifier.photo.probabilities(maps, around)
+    with pytest.raises(ValueError, match="colours around each cell"):
+        classifier.photo.probabilities(maps)
     studio = classifier.photo.studio(mean)
-    answer = classifier.answer(maps, colors)
+    answer = classifier.answer(maps, colors, around)
     np.testing.assert_allclose(
         answer, studio[:, None] * regression + (1 - studio[:, None]) * photo_probs
     )
@@ -296,6 +397,7 @@ def test_a_photo_model_saved_before_unit_length_keeps_its_answers() -> None:
         )
         assert photo.PhotoModel.from_json(model.to_json()).unit == model.unit
     assert not photo.PhotoModel.from_json(json.dumps(saved)).unit
+    assert not photo.PhotoModel.from_json(json.dumps(saved)).colour  # saved before colours
 
 
 def _photo_folder(sample_dir: Path, root: Path) -> tuple[Path, dict[str, str]]:
