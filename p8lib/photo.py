@@ -1,8 +1,8 @@
 """The photo model: what ``p8 train`` adds when its features hold photo-like variants.
 
-Two linear discriminants on the square roots of the 1280 MobileNetV2 features, each row scaled
-to length 1 (:func:`root`), fitted in one Spark pass (per-class counts and sums, one Gram
-matrix) and solved on the driver:
+Linear discriminants on the square roots of the 1280 MobileNetV2 features, each row scaled
+to length 1 (:func:`root`), and on the images' colours, fitted in one Spark pass (per-class
+counts and sums, a Gram matrix each) and solved on the driver:
 
 - **photo**: one class per fruit class, fitted on the images *and* their ``--augment``
   variants. Applied to a photo, it reads each inner cell of the network's 7×7 map (a patch of
@@ -19,7 +19,7 @@ matrix) and solved on the driver:
 trained on the images alone, keeps its Fruits-360 accuracy; photos from elsewhere go to the
 model that saw photo-like variants. Measured in the README ("Real photos").
 
-The covariance is shrunk toward its diagonal (``SHRINKAGE``): 1280 features, ~140 classes.
+The covariances are shrunk toward their diagonal (``SHRINKAGE``): 1280 features, ~140 classes.
 
 Examples
 --------
@@ -63,7 +63,7 @@ def softmax(margins: np.ndarray) -> np.ndarray:
 
 
 def root(features: np.ndarray, *, unit: bool = True) -> np.ndarray:
-    """What both discriminants read: the features' square roots (float64), each row (the last
+    """What the feature discriminants read: the features' square roots (float64), each row (the last
     axis) scaled to length 1 when ``unit`` — photo models saved before that read the roots."""
     x = np.sqrt(np.maximum(np.asarray(features, dtype=np.float64), 0.0))
     if unit:
