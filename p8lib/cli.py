@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 from p8lib import __version__
 from p8lib.config import MODES, SparkSettings
 from p8lib.engine import ENGINES, PRECISIONS
-from p8lib.errors import P8Error, UsageError
+from p8lib.errors import P8Error, UsageError, first_line
 from p8lib.listing import IMAGE_EXTENSIONS
 from p8lib.predict import UNSURE_BELOW
 
@@ -607,9 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, P8Error):
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return exc.exit_code
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(
-            f"{PROG}: error: {type(exc).__name__}: {message} (--verbose for details)",
+            f"{PROG}: error: {type(exc).__name__}: {first_line(exc)} (--verbose for details)",
             file=sys.stderr,
         )
         return 1

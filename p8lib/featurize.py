@@ -28,7 +28,7 @@ from p8lib import engine
 from p8lib.artifacts import FEATURE_DIM
 from p8lib.augment import variants as augment_variants
 from p8lib.engine import Network
-from p8lib.errors import P8Error, UsageError
+from p8lib.errors import P8Error, UsageError, first_line
 
 if TYPE_CHECKING:
     from pyspark import Accumulator
@@ -148,7 +148,7 @@ def load_image(content: bytes, size: int) -> np.ndarray:
                 "(jpg, png, webp, bmp, tif, gif, heic)"
             ) from None
         except Exception as exc:  # Pillow and pillow-heif raise many kinds for broken files
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "broken file"
+            reason = first_line(exc, "broken file")
             raise ValueError(f"not a readable image: {type(exc).__name__}: {reason}") from None
     img = _to_rgb(img)
     return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)

@@ -123,8 +123,8 @@ def cell_colours(image: np.ndarray, grid: int) -> np.ndarray:
 
 @dataclass
 class Scatter:
-    """Per-class counts and sums of the features as :func:`root` gives them, and their Gram
-    matrix."""
+    """Per-class counts and sums of the rows as :func:`scatter` transforms them (the features
+    by :func:`root`, the colour histograms by :func:`colour_bins`), and their Gram matrix."""
 
     counts: np.ndarray  # classes
     sums: np.ndarray  # classes × dim

@@ -7,6 +7,7 @@ answers scored by hand.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -128,7 +129,7 @@ def test_the_colour_discriminant_adds_its_margins_cell_by_cell() -> None:
     got = model.probabilities(maps, around)[0]
     np.testing.assert_allclose(got, expected)
     assert got[0] > 0.55 > 0.45 > got[1]
-    even = photo.PhotoModel(**{**model.__dict__, "colour_weight": 0.0})
+    even = dataclasses.replace(model, colour_weight=0.0)
     np.testing.assert_allclose(even.probabilities(maps, around)[0], [0.5, 0.5])
     # Saved and read back, it answers the same.
     again = photo.PhotoModel.from_json(model.to_json())
