@@ -35,7 +35,7 @@ from p8lib.errors import UsageError
 from p8lib.featurize import COLOR_DESCRIPTOR
 from p8lib.job import Job, Places, versions, write_json
 from p8lib.reduce import fit_reduce, fit_scaler
-from p8lib.session import memory_share
+from p8lib.session import memory_share, release
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
@@ -444,10 +444,7 @@ def fit(
                 info = replace(info, photo_model=photo_model.record())
             _save(spark, staged, model, evaluation, info, photo_model)
         finally:
-            data.rows.unpersist()
-            rows.unpersist()
-            if reduced is not None:
-                reduced.data.unpersist()
+            release(data.rows, rows, reduced.data if reduced is not None else None)
     return TrainResult(places.output, info, evaluation)
 
 

@@ -36,11 +36,13 @@ class _Help(argparse.HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (exit code 2), shows defaults in help
-    and takes ``--verbose`` after the subcommand too."""
+    """argparse that reports a usage error as one line (exit code 2), shows defaults in help,
+    takes ``--verbose`` after the subcommand too, and options only as spelled (no prefixes:
+    a script's `--out` would change meaning the day another option starts with it)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Help)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         if kwargs.get("prog", "").count(" ") >= 1 and kwargs.get("add_help", True):
             self.add_argument(

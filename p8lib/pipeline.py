@@ -45,7 +45,7 @@ from p8lib.jvm import SHORT_RUN_IMAGES, archive_of, jit_of
 from p8lib.listing import IMAGE_EXTENSIONS, Listing, extension
 from p8lib.progress import duration
 from p8lib.reduce import Reduction, fit_reduce, max_k
-from p8lib.session import on_emr
+from p8lib.session import on_emr, release
 
 if TYPE_CHECKING:
     from pyspark import Accumulator
@@ -325,8 +325,7 @@ def _stages(
         )
         write_json(spark, f"{staged}/{MANIFEST}", manifest)
     finally:
-        if features is not None:
-            features.unpersist()
+        release(features)
     return manifest
 
 

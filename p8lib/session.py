@@ -20,7 +20,7 @@ from p8lib.packaged import LOG4J_CONF
 from p8lib.s3 import endpoint_url
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 
 # Defaults tuned for ~5 KB images and a 1280-d float feature per row.
@@ -183,6 +183,17 @@ def _on_interrupt(spark: SparkSession) -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, handler)
+
+
+def release(*frames: DataFrame | None) -> None:
+    """Unpersist cached frames, unless the command was interrupted: the session is about to stop
+    (which frees them), and an asynchronous unpersist still waiting for a cancelled task's block
+    when it stops prints a Java InterruptedException trace."""
+    if INTERRUPTED.is_set():
+        return
+    for frame in frames:
+        if frame is not None:
+            frame.unpersist()
 
 
 def _is_local_master(master: str) -> bool:

@@ -34,6 +34,9 @@ def _assert_usage_error(result, fragment: str) -> None:
         (["run", "--images", "x", "--output", "y", "--mode", "append"], "--mode"),
         (["run", "--images", "x", "--output", "y", "--glob", "*.{jpg"], "unclosed '{'"),
         (["frobnicate"], "invalid choice"),
+        # Options only as spelled: a prefix of one is not taken for it.
+        (["run", "--images", "x", "--output", "y", "--aug", "2"], "unrecognized arguments: --aug"),
+        (["predict", "--model", "m", "--unsure", "0.5", "x.jpg"], "unrecognized arguments"),
     ],
 )
 def test_bad_arguments(args: list[str], fragment: str) -> None:

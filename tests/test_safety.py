@@ -505,6 +505,7 @@ def test_ctrl_c_cancels_the_run_and_leaves_nothing(fruits_dir, tmp_path) -> None
     assert proc.returncode == 130, stderr[-3000:]
     assert stderr.rstrip().splitlines()[-1] == "p8: interrupted, nothing was published"
     assert "Traceback" not in stderr and "Py4J" not in stderr
+    assert "Exception" not in stderr, "no Java trace from the stopping session"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "images", "stderr.txt"]
     archives = cache / "jvm"
     assert not archives.exists() or not list(archives.iterdir()), "no archive, none staged"
