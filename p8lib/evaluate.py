@@ -6,18 +6,20 @@ class is the right fruit (any apple class for an apple). Labels are the photos' 
 or, with ``labels.json``, ``{folder: {"fine": [classes], "coarse": "fruit"}}``; a class's fruit
 comes from ``coarse_map.json`` (``{class: fruit}``), else from its first word. The scores come
 per fruit too, with the curve of how many photos are answered, and how well, when ``p8 predict``
-says "unsure" below each probability, and a heatmap of the fruits mistaken for one another.
+says "unsure" below each probability (of the top class, and of the top fruit: its classes'
+sum), and a heatmap of the fruits mistaken for one another.
 
 Examples
 --------
 >>> fruit_of("Apple Braeburn 1"), fruit_of("Cabbage white 1"), fruit_of("Kiwi")
 ('apple', 'cabbage', 'kiwi')
+>>> fruit_of("Clementine 1"), fruit_of("Potato Sweet 1"), fruit_of("Passion Fruit 1")
+('mandarin', 'sweet potato', 'passion fruit')
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,18 +31,12 @@ import numpy as np
 from p8lib import io, plots
 from p8lib.errors import UsageError
 from p8lib.listing import list_local
-from p8lib.predict import PhotoPrediction, load_classifier, predict_photos
+from p8lib.predict import PhotoPrediction, fruit_of, load_classifier, predict_photos
 
 EVALUATION_FILE = "evaluation.json"
 CONFUSION_FILE = "confusion.png"
 # The top probabilities at which the unsure curve is drawn.
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def fruit_of(label: str) -> str:
-    """A Fruits-360 class's fruit when no coarse map says: its first word, lower case."""
-    words = re.sub(r"\s+\d+$", "", label.strip()).split()
-    return words[0].lower() if words else label.lower()
 
 
 @dataclass(frozen=True)
@@ -60,6 +56,7 @@ class Scored:
     truth: Truth
     top: list[tuple[str, float]]
     fruits: list[str]  # the fruit of each top class
+    fruit: tuple[str, float]  # the fruit whose classes add up to the most, and that sum
 
     def fine(self, n: int) -> bool:
         return any(label in self.truth.fine for label, _ in self.top[:n])
@@ -165,16 +162,20 @@ class Report:
 
     def unsure_curve(self) -> list[dict[str, float]]:
         """For each threshold: the share of photos answered (top probability at or above it)
-        and the share of those answers right, coarse and fine."""
+        and the share of those answers right, coarse and fine; and the same for the fruit
+        alone (the sum of its classes at or above it, and it is the photo's fruit)."""
         curve = []
         for t in THRESHOLDS:
             answered = [s for s in self.photos if s.probability >= t]
+            fruit = [s for s in self.photos if s.fruit[1] >= t]
             curve.append(
                 {
                     "threshold": t,
                     "answered": len(answered) / max(len(self.photos), 1),
                     "coarse_right": self._share(lambda s: s.coarse(1), answered),
                     "fine_right": self._share(lambda s: s.fine(1), answered),
+                    "fruit_answered": len(fruit) / max(len(self.photos), 1),
+                    "fruit_right": self._share(lambda s: s.fruit[0] == s.truth.coarse, fruit),
                 }
             )
         return curve
@@ -201,6 +202,7 @@ class Report:
                     "path": s.path,
                     "folder": s.folder,
                     "top": [{"label": label, "probability": p} for label, p in s.top],
+                    "fruit": {"name": s.fruit[0], "probability": s.fruit[1]},
                     "fine_top1": s.fine(1),
                     "coarse_top1": s.coarse(1),
                 }
@@ -225,10 +227,14 @@ class Report:
             f"{r['most_named']}"
             for r in self.per_folder()
         ]
-        out.append("unsure below p: photos answered, and right among them (coarse, fine)")
+        out.append(
+            "unsure below p: photos answered, and right among them (coarse, fine); "
+            "the fruit alone: answered, right"
+        )
         out += [
             f"  p {c['threshold']:.1f}: {c['answered']:.0%} answered, "
-            f"{c['coarse_right']:.1%} coarse, {c['fine_right']:.1%} fine"
+            f"{c['coarse_right']:.1%} coarse, {c['fine_right']:.1%} fine; "
+            f"{c['fruit_answered']:.0%}, {c['fruit_right']:.1%}"
             for c in self.unsure_curve()
         ]
         return out
@@ -256,7 +262,13 @@ def evaluate(
     truths = {folder: truth_of(folder) for folder in sorted({f for _, f in found})}
     classifier = load_classifier(model)
     predictions = predict_photos(
-        [p for p, _ in found], model=classifier, weights=weights, engine=engine, log=log, live=live
+        [p for p, _ in found],
+        model=classifier,
+        weights=weights,
+        engine=engine,
+        log=log,
+        live=live,
+        fruit=fruit,
     )
     report = Report(model, images, [], [])
     for (path, folder), p in zip(found, predictions, strict=True):
@@ -278,7 +290,8 @@ def _score(
         report.unreadable.append(f"{path}: {prediction.error}")
         return
     fruits = [fruit(label) for label, _ in prediction.top]
-    report.photos.append(Scored(path, folder, truth, prediction.top, fruits))
+    assert prediction.fruit is not None  # every readable photo has one
+    report.photos.append(Scored(path, folder, truth, prediction.top, fruits, prediction.fruit))
 
 
 def _output_folder(output: str | None) -> Path | None:

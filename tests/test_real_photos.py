@@ -506,10 +506,48 @@ def test_predict_says_when_it_is_unsure(sample_model, sample_dir) -> None:
     lines = p8("predict", *photos, "--model", model, "--unsure-below", str(cut)).stdout
     for line, answer in zip(lines.splitlines(), sure, strict=True):
         unsure = answer["top"][0]["probability"] < cut
-        assert ("unsure (perhaps " in line) == unsure, line
+        fruit_unsure = answer["fruit"]["probability"] < cut  # else the fruit is named
+        assert ("unsure (perhaps " in line) == (unsure and fruit_unsure), line
+        assert ("(variety unsure: " in line) == (unsure and not fruit_unsure), line
         assert answer["top"][0]["label"] in line
     bad = p8("predict", photos[0], "--model", model, "--unsure-below", "1.5")
     assert bad.returncode == 2 and "between 0 and 1" in bad.stderr
+    # The fruit: its classes' sum, never below the top class alone. The first photos are
+    # apples of two classes: between the two probabilities only the variety is unsure.
+    assert all(a["fruit"]["probability"] >= a["top"][0]["probability"] for a in sure)
+    first = sure[0]
+    top_p, fruit_p = first["top"][0]["probability"], first["fruit"]["probability"]
+    assert first["fruit"]["name"] == "apple" and fruit_p > top_p
+    for cut, said in ((top_p + fruit_p) / 2, "apple"), (1.0, "unsure"):
+        answer = p8("predict", photos[0], "--model", model, "--unsure-below", repr(cut))
+        (line,) = answer.stdout.splitlines()
+        assert line.startswith(f"{photos[0]}: {said} "), line
+        assert f"{first['top'][0]['label']} {top_p:.1%}" in line
+        if said == "apple":
+            assert f"apple {fruit_p:.1%} (variety unsure: " in line
+
+
+def test_a_class_fruit_is_the_measuring_sets_and_probabilities_add_up_by_fruit(
+    fruits_dir: Path,
+) -> None:
+    from p8lib.predict import Classifier, fruit_of
+
+    # The reference: the outside photos' coarse map, every Fruits-360 class's fruit.
+    coarse = json.loads((fruits_dir.parent / "outside-photos" / "coarse_map.json").read_text())
+    assert {label: fruit_of(label) for label in coarse} == coarse
+    assert {fruit_of(d.name) for d in (fruits_dir / "Test").iterdir()} <= set(coarse.values())
+    labels = sorted(coarse)
+    none = np.zeros(0)
+    model = Classifier(labels, none, none, None, np.zeros((len(labels), 0)), np.zeros(len(labels)))
+    probs = np.random.default_rng(0).dirichlet(np.full(len(labels), 0.05), size=50)
+    for row, (name, p) in zip(probs, model.fruits(probs), strict=True):
+        sums = pd.Series(row).groupby([coarse[x] for x in labels]).sum()
+        assert name == sums.idxmax() and p == pytest.approx(sums.max())
+    # A photo split between two apples and a banana: the apple, though the banana comes first.
+    split = np.array([[0.3 if x in ("Apple 6", "Apple Red 1") else 0.0 for x in labels]])
+    split[0, labels.index("Banana 1")] = 0.4
+    assert model.ranked(split, 1)[0][0][0] == "Banana 1"
+    assert model.fruits(split)[0] == ("apple", pytest.approx(0.6))
 
 
 def test_an_iphones_heic_photo_is_answered_as_the_same_photo_in_jpeg(
