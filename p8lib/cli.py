@@ -329,7 +329,12 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 def _predict_parser(sub: argparse._SubParsersAction) -> None:
     predict = sub.add_parser("predict", help="the top classes of photos, without Spark")
-    predict.add_argument("photos", nargs="+", metavar="PHOTO", help="image files (jpg, png, ...)")
+    predict.add_argument(
+        "photos",
+        nargs="+",
+        metavar="PHOTO",
+        help="image files (jpg, png, heic, ...) or folders of them (every image under each)",
+    )
     predict.add_argument("--model", required=True, help="a `p8 train` model folder or s3:// URI")
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--top", type=_whole_number, default=3, help="classes per photo")
@@ -472,12 +477,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from p8lib.predict import predict_photos
+    from p8lib.predict import photo_files, predict_photos
 
     if not args.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     results = predict_photos(
-        args.photos,
+        photo_files(args.photos),
         model=args.model,
         weights=args.weights,
         top=args.top,

@@ -23,6 +23,7 @@ import numpy as np
 from p8lib import io
 from p8lib.artifacts import FEATURE_DIM, MODEL_INFO, SPARK_MODEL, Col, ModelInfo
 from p8lib.errors import P8Error, UsageError
+from p8lib.listing import list_local
 from p8lib.photo import COLOUR_DIM, PHOTO_MODEL, PhotoModel, cell_colours, softmax
 from p8lib.progress import Reporter
 from p8lib.reduce import inverse_std
@@ -322,6 +323,21 @@ class PhotoPrediction:
             name, p = self.fruit
             return f"{self.path}: {name} {p:.1%} (variety unsure: {named})"
         return f"{self.path}: unsure (perhaps {named})"
+
+
+def photo_files(arguments: Sequence[str]) -> list[str]:
+    """The photos named on the command line, in order: a file as given, a folder as every
+    image file under it (by name, as `p8 run` lists them; hidden files and others skipped)."""
+    out: list[str] = []
+    for argument in arguments:
+        if not Path(argument).is_dir():
+            out.append(argument)
+            continue
+        found = [io.local_path(f.path).as_posix() for f in list_local(Path(argument)).files]
+        if not found:
+            raise UsageError(f"no image files under the folder {argument}")
+        out += found
+    return out
 
 
 def predict_photos(

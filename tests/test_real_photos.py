@@ -527,6 +527,27 @@ def test_predict_says_when_it_is_unsure(sample_model, sample_dir) -> None:
             assert f"apple {fruit_p:.1%} (variety unsure: " in line
 
 
+def test_predict_takes_a_folder_of_photos(sample_model, sample_dir, tmp_path) -> None:
+    model = sample_model.model.removeprefix("file://")
+    folder = tmp_path / "phone photos"
+    for image in sorted(sample_dir.rglob("*.jpg"))[:3]:
+        (folder / "day 1").mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, folder / "day 1" / image.name)
+    shutil.copy(image, folder / "IMG 0001.JPG")
+    (folder / "notes.txt").write_text("not a photo")
+    (folder / ".hidden.jpg").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    files = sorted(str(p) for p in folder.rglob("*") if p.suffix in (".jpg", ".JPG"))
+    files = [f for f in files if not Path(f).name.startswith(".")]
+    one = p8("predict", str(folder), "--model", model, "--json")
+    each = p8("predict", *files, "--model", model, "--json")
+    assert one.returncode == 0 and len(files) == 4, one.stderr
+    assert one.stdout == each.stdout  # the folder's photos, in the order of their paths
+    empty = p8("predict", str(tmp_path / "empty"), files[0], "--model", model)
+    assert empty.returncode == 2 and "no image files under the folder" in empty.stderr
+    assert empty.stdout == ""
+
+
 def test_a_class_fruit_is_the_measuring_sets_and_probabilities_add_up_by_fruit(
     fruits_dir: Path,
 ) -> None:
