@@ -350,8 +350,8 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         type=_fraction,
         default=UNSURE_BELOW,
         metavar="P",
-        help=f"say 'unsure' when the top probability is below P (default {UNSURE_BELOW:g}: "
-        "see the README's curve; 0 never)",
+        help=f"say 'unsure' when the top probability is below P, or name only the fruit when "
+        f"its classes add up to P (default {UNSURE_BELOW:g}: see the README's curves; 0 never)",
     )
     _quiet_option(predict)
 
