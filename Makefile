@@ -72,11 +72,13 @@ cluster-stop: ## stop the cluster that `make cluster` started (by pid)
 	$(BIN)/python -m p8lib.cluster stop --dir .cache/cluster
 
 classifier: install ## featurize Training-subset (+ AUGMENT photo-like variants each) and Test, train and evaluate the classifier (results/; PRECISION=fp32|bf16|int8)
+	@test -n "$$FRUITS360_DIR" || { echo "make classifier: set FRUITS360_DIR to a Fruits-360 folder holding Training-subset/ and Test/" >&2; exit 2; }
 	$(BIN)/p8 run --images "$$FRUITS360_DIR/Training-subset" --output results/features-train --mode overwrite --augment $(AUGMENT) $(PRECISION_ARGS)
 	$(BIN)/p8 run --images "$$FRUITS360_DIR/Test" --output results/features-test --mode overwrite $(PRECISION_ARGS)
 	$(BIN)/p8 train --features results/features-train --test results/features-test --model results/model --mode overwrite $(TRAIN_ARGS)
 
 evaluate: install ## score results/model on real shop photos (OUTSIDE_PHOTOS: measuring only, never training)
+	@test -d "$(OUTSIDE_PHOTOS)/images" || { echo "make evaluate: no $(OUTSIDE_PHOTOS)/images: set OUTSIDE_PHOTOS (or FRUITS360_DIR, beside it)" >&2; exit 2; }
 	rm -rf results/evaluation
 	$(BIN)/p8 evaluate --model results/model --images "$(OUTSIDE_PHOTOS)/images" --labels "$(OUTSIDE_PHOTOS)/labels.json" --output results/evaluation
 

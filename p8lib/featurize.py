@@ -46,8 +46,9 @@ COLOR_DESCRIPTOR = "hsv-16x8x8-sqrt"
 
 
 def keras_home() -> Path:
-    """Keras's cache folder: ``$KERAS_HOME`` or ``~/.keras``."""
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
+    """Keras's cache folder: ``$KERAS_HOME`` or ``~/.keras`` (also when it is set empty, as
+    `make` exports the variables it passes on when the user sets none)."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
 
 
 def resolve_weights(weights: str = "imagenet", *, url: str | None = None) -> Path:
@@ -219,7 +220,7 @@ def build_model(
     """
     import tensorflow as tf
 
-    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0"))
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0)
     if threads > 0:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -50,7 +50,7 @@ JARS: dict[str, str] = {
 def jars_dir() -> Path:
     """Where the S3A jars are cached: ``$P8_JARS_DIR`` or ``~/.cache/p8/jars``."""
     default = Path.home() / ".cache" / "p8" / "jars"
-    return Path(os.environ.get("P8_JARS_DIR", default)).expanduser()
+    return Path(os.environ.get("P8_JARS_DIR") or default).expanduser()
 
 
 def _sha256(path: Path) -> str:

@@ -37,6 +37,22 @@ def test_weights_are_downloaded_into_keras_cache(tmp_path, monkeypatch, weights_
     assert resolve_weights("imagenet", url="http://127.0.0.1:9/") == got
 
 
+def test_an_empty_keras_home_means_the_default(tmp_path, monkeypatch, weights_path, http_server):
+    """`make` exports KERAS_HOME (and P8_JARS_DIR) empty when the user sets none: that is
+    ~/.keras, not a `models/` folder in the checkout (weights that `git add -A` would take)."""
+    from p8lib.session import jars_dir
+
+    url = http_server(weights_path.parent)
+    monkeypatch.setenv("KERAS_HOME", "")
+    monkeypatch.setenv("P8_JARS_DIR", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    got = resolve_weights("imagenet", url=url)
+    assert got == tmp_path / "home" / ".keras" / "models" / WEIGHTS_FILE and got.is_file()
+    assert not (tmp_path / "models").exists()
+    assert jars_dir() == tmp_path / "home" / ".cache" / "p8" / "jars"
+
+
 def test_weights_path_must_exist_and_be_keras_file(tmp_path):
     with pytest.raises(UsageError, match="not found"):
         resolve_weights(str(tmp_path / "missing.h5"))
