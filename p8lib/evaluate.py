@@ -73,10 +73,12 @@ def read_labels(
     labels: str | None, coarse_map: str | None
 ) -> tuple[Callable[[str], Truth], Callable[[str], str]]:
     """The truth of a folder and the fruit of a class, from the files given (or folder names)."""
-    fruits: dict[str, str] = _json(coarse_map, "--coarse-map") if coarse_map else {}
+    fruits: dict[str, Any] = _json(coarse_map, "--coarse-map") if coarse_map else {}
+    if not all(isinstance(name, str) for name in fruits.values()):
+        raise UsageError(f"--coarse-map {coarse_map} must map each class to a fruit's name")
 
     def fruit(label: str) -> str:
-        return fruits.get(label) or fruit_of(label)
+        return _plain(fruits.get(label) or fruit_of(label))
 
     table: dict[str, Any] = _json(labels, "--labels") if labels else {}
 
@@ -88,9 +90,15 @@ def read_labels(
             raise UsageError(
                 f"{labels} has no entry {{'fine': [...], 'coarse': ...}} for {folder!r}"
             )
-        return Truth(frozenset(entry.get("fine") or []), entry["coarse"])
+        fine = entry.get("fine") or []
+        return Truth(frozenset([fine] if isinstance(fine, str) else fine), _plain(entry["coarse"]))
 
     return truth, fruit
+
+
+def _plain(name: str) -> str:
+    """A fruit's name as compared: lower case, single spaces ("Passion  Fruit " is ours)."""
+    return " ".join(name.split()).lower()
 
 
 def _json(path: str, flag: str) -> Any:

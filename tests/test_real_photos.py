@@ -456,6 +456,30 @@ def test_evaluate_scores_what_predict_answers(sample_model, sample_dir, tmp_path
     assert f"{n} photos: fine top-1 {fine1 / n:.1%}" in result.stdout
 
 
+def test_evaluate_reads_labels_in_any_case_and_a_single_fine_class(
+    sample_model, sample_dir, tmp_path
+) -> None:
+    photos, classes = _photo_folder(sample_dir, tmp_path)
+    model = sample_model.model.removeprefix("file://")
+    tidy = {f: {"fine": [c], "coarse": c.split()[0].lower()} for f, c in classes.items()}
+    loose = {f: {"fine": c, "coarse": f" {c.split()[0].upper()}  "} for f, c in classes.items()}
+    reports = []
+    for name, labels in (("tidy", tidy), ("loose", loose)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(labels))
+        out = tmp_path / f"{name}-out"
+        result = p8("evaluate", "--model", model, "--images", str(photos),
+                    "--labels", str(tmp_path / f"{name}.json"), "--output", str(out))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads((out / "evaluation.json").read_text()))
+    keys = ("fine_top1", "fine_top3", "coarse_top1", "coarse_top3", "per_folder")
+    assert [reports[0][k] for k in keys] == [reports[1][k] for k in keys]
+    assert reports[0]["coarse_top1"] > 0 and reports[0]["fine_top1"] > 0
+    (tmp_path / "map.json").write_text(json.dumps({"Apple 6": ["apple"]}))
+    bad = p8("evaluate", "--model", model, "--images", str(photos),
+             "--coarse-map", str(tmp_path / "map.json"))  # fmt: skip
+    assert bad.returncode == 2 and "must map each class to a fruit's name" in bad.stderr
+
+
 def test_evaluate_without_labels_uses_folder_names(sample_model, sample_dir, tmp_path) -> None:
     photos = tmp_path / "photos"
     for folder in sorted(p for p in sample_dir.iterdir() if p.is_dir())[:3]:
