@@ -24,7 +24,7 @@ The covariances are shrunk toward their diagonal (``SHRINKAGE``): 1280 features,
 Examples
 --------
 >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0]])
->>> part = scatter(iter([(0, x[0]), (1, x[1]), (0, x[2]), (1, x[3])]), classes=2, dim=2)
+>>> part = scatter(np.array([0, 1, 0, 1]), root(x), classes=2)
 >>> w, b = discriminant(part, shrinkage=0.1)
 >>> softmax(root(x) @ w.T + b).argmax(axis=1).tolist()
 [0, 1, 0, 1]
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -123,8 +123,8 @@ def cell_colours(image: np.ndarray, grid: int) -> np.ndarray:
 
 @dataclass
 class Scatter:
-    """Per-class counts and sums of the rows as :func:`scatter` transforms them (the features
-    by :func:`root`, the colour histograms by :func:`colour_bins`), and their Gram matrix."""
+    """Per-class counts and sums of transformed rows (the features by :func:`root`, the colour
+    histograms by :func:`colour_bins`), and their Gram matrix."""
 
     counts: np.ndarray  # classes
     sums: np.ndarray  # classes × dim
@@ -138,25 +138,13 @@ class Scatter:
         return cls(np.zeros(classes), np.zeros((classes, dim)), np.zeros((dim, dim)))
 
 
-def scatter(
-    rows: Iterator[tuple[int, Any]],
-    *,
-    classes: int,
-    dim: int,
-    chunk: int = 1024,
-    transform: Callable[[np.ndarray], np.ndarray] = root,
-) -> Scatter:
-    """The :class:`Scatter` of ``(class index, values)`` rows (values through ``transform``)."""
-    out = Scatter.zeros(classes, dim)
-    while True:
-        block = [row for _, row in zip(range(chunk), rows, strict=False)]
-        if not block:
-            return out
-        y = np.array([c for c, _ in block], dtype=int)
-        x = transform(np.array([f for _, f in block]))
-        out.counts += np.bincount(y, minlength=classes)
-        np.add.at(out.sums, y, x)
-        out.gram += x.T @ x
+def scatter(y: np.ndarray, x: np.ndarray, *, classes: int) -> Scatter:
+    """The :class:`Scatter` of the rows ``x`` (transformed already) of class indices ``y``."""
+    out = Scatter.zeros(classes, x.shape[1])
+    out.counts += np.bincount(y, minlength=classes)
+    np.add.at(out.sums, y, x)
+    out.gram += x.T @ x
+    return out
 
 
 def discriminant(part: Scatter, *, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
@@ -289,12 +277,13 @@ def fit(rows: DataFrame, *, labels: list[str], shrinkage: float = SHRINKAGE) -> 
         features = Scatter.zeros(2 * classes, FEATURE_DIM)
         hues = Scatter.zeros(classes, COLOUR_DIM) if colour else None
         known = (r for r in part if r[0] in index)
-        while block := list(itertools.islice(known, 1024)):
-            tagged = ((index[r[0]] * 2 + (r[2] > 0), r[1]) for r in block)
-            features += scatter(tagged, classes=2 * classes, dim=FEATURE_DIM)
+        while block := list(itertools.islice(known, 1024)):  # bounded memory per partition
+            y = np.array([index[r[0]] for r in block], dtype=int)
+            variant = np.array([r[2] > 0 for r in block], dtype=int)  # images 0, variants 1
+            x = root(np.array([r[1] for r in block]))
+            features += scatter(y * 2 + variant, x, classes=2 * classes)
             if hues is not None:
-                by_class = ((index[r[0]], r[3]) for r in block)
-                hues += scatter(by_class, classes=classes, dim=COLOUR_DIM, transform=colour_bins)
+                hues += scatter(y, colour_bins(np.array([r[3] for r in block])), classes=classes)
         yield features, hues
 
     def add(
