@@ -30,8 +30,13 @@ import numpy as np
 
 from p8lib import io, plots
 from p8lib.errors import UsageError
-from p8lib.listing import list_local
-from p8lib.predict import PhotoPrediction, fruit_of, load_classifier, predict_photos
+from p8lib.predict import (
+    PhotoPrediction,
+    fruit_of,
+    images_under,
+    load_classifier,
+    predict_photos,
+)
 
 EVALUATION_FILE = "evaluation.json"
 CONFUSION_FILE = "confusion.png"
@@ -121,7 +126,7 @@ def photos_of(images: str) -> list[tuple[str, str]]:
     root = io.local_path(uri)
     if not root.is_dir():
         raise UsageError(f"--images {images} is not a folder")
-    found = [(io.local_path(f.path).as_posix(), f.label) for f in list_local(root).files]
+    found = images_under(root)
     if not found:
         raise UsageError(f"no image files under {images}")
     return found

@@ -136,9 +136,10 @@ class Classifier:
     ) -> list[tuple[str, float]]:
         """Per row of class probabilities, the fruit whose classes add up to the most (all
         apples together, say), with that sum."""
-        names = sorted({fruit(label) for label in self.labels})
+        of = [fruit(label) for label in self.labels]
+        names = sorted(set(of))
         member = np.zeros((len(self.labels), len(names)))
-        member[np.arange(len(self.labels)), [names.index(fruit(x)) for x in self.labels]] = 1
+        member[np.arange(len(self.labels)), [names.index(name) for name in of]] = 1
         sums = np.atleast_2d(probs) @ member
         return [(names[j], float(row[j])) for row, j in zip(sums, sums.argmax(axis=1), strict=True)]
 
@@ -333,11 +334,17 @@ def photo_files(arguments: Sequence[str]) -> list[str]:
         if not Path(argument).is_dir():
             out.append(argument)
             continue
-        found = [io.local_path(f.path).as_posix() for f in list_local(Path(argument)).files]
+        found = images_under(Path(argument))
         if not found:
             raise UsageError(f"no image files under the folder {argument}")
-        out += found
+        out += [path for path, _ in found]
     return out
+
+
+def images_under(folder: Path) -> list[tuple[str, str]]:
+    """(path, the name of its folder) of every image file under the local ``folder``, in path
+    order, as `p8 run` lists them (hidden files and other kinds skipped)."""
+    return [(io.local_path(f.path).as_posix(), f.label) for f in list_local(folder).files]
 
 
 def predict_photos(
