@@ -382,6 +382,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--engine", choices=ENGINES, default="openvino", help="openvino (default) or keras"
     )
+    evaluate.add_argument("--s3-endpoint", help="S3 endpoint URL off AWS (or $AWS_ENDPOINT_URL)")
     _quiet_option(evaluate)
 
 
@@ -561,6 +562,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         output=args.output,
         weights=args.weights,
         engine=args.engine,
+        s3_endpoint=args.s3_endpoint,
         **_reporting(args),
     )
     print("\n".join(report.lines()))

@@ -262,6 +262,7 @@ def evaluate(
     output: str | None = None,
     weights: str = "imagenet",
     engine: str = "openvino",
+    s3_endpoint: str | None = None,
     log: Callable[[str], None] | None = None,
     live: bool = False,
 ) -> Report:
@@ -273,7 +274,7 @@ def evaluate(
     truth_of, fruit = read_labels(labels, coarse_map)
     found = photos_of(images)
     truths = {folder: truth_of(folder) for folder in sorted({f for _, f in found})}
-    classifier = load_classifier(model)
+    classifier = load_classifier(model, s3_endpoint=s3_endpoint)
     predictions = predict_photos(
         [p for p, _ in found],
         model=classifier,

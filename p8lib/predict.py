@@ -13,7 +13,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,12 @@ def _stage(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
 
 def load_classifier(model: str | Path, *, s3_endpoint: str | None = None) -> Classifier:
     """The classifier saved by ``p8 train`` under ``model`` (a folder, or s3:// URI)."""
-    folder = _local_model(str(model), s3_endpoint=s3_endpoint)
+    with _local_model(str(model), s3_endpoint=s3_endpoint) as folder:
+        return _read_classifier(folder, model=str(model))
+
+
+def _read_classifier(folder: Path, *, model: str) -> Classifier:
+    """The classifier in the local ``folder`` (``model``: its name in messages)."""
     spark_model = folder / SPARK_MODEL
     if not (spark_model / "metadata").is_dir() or not (folder / MODEL_INFO).is_file():
         raise UsageError(
@@ -268,22 +274,25 @@ def _photo_model(path: Path, classes: int, *, where: str) -> PhotoModel | None:
     return photo
 
 
-def _local_model(model: str, *, s3_endpoint: str | None) -> Path:
-    """A local folder holding the model: itself, or a download of an s3:// prefix."""
+@contextmanager
+def _local_model(model: str, *, s3_endpoint: str | None) -> Iterator[Path]:
+    """A local folder holding the model: itself, or a download of an s3:// prefix into a
+    temporary folder, removed once the model is read (or the download fails)."""
     uri = io.normalize_uri(model)
     if io.is_s3(uri):
         from p8lib import s3
 
         location = s3.S3Location.parse(model)
-        target = Path(tempfile.mkdtemp(prefix="p8-model-"))
-        s3.download(location, target, endpoint=s3_endpoint)
-        return target
+        with tempfile.TemporaryDirectory(prefix="p8-model-") as target:
+            s3.download(location, Path(target), endpoint=s3_endpoint)
+            yield Path(target)
+        return
     if io.scheme(uri) != "file":
         raise UsageError(f"p8 predict reads models from a folder or s3://, not {model}")
     path = io.local_path(uri)
     if not path.is_dir():
         raise UsageError(f"model not found: {model}")
-    return path
+    yield path
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +21,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
 os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
 os.environ.pop("AWS_PROFILE", None)
+# Spark's scratch folders (spark-*, of the suite's JVMs and of every p8 it starts) go under one
+# folder, removed when the suite ends: a JVM a test kills cannot remove its own, and /tmp would
+# collect them run after run.
+SPARK_SCRATCH = tempfile.mkdtemp(prefix="p8-tests-spark-")
+os.environ["SPARK_LOCAL_DIRS"] = SPARK_SCRATCH
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def spark_scratch() -> Iterator[str]:
+    """Removes :data:`SPARK_SCRATCH` once every session fixture (Spark's JVM too) has ended."""
+    yield SPARK_SCRATCH
+    shutil.rmtree(SPARK_SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

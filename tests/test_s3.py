@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from s3server import SECRET_KEY
 
 from p8lib import io, s3
+from p8lib.artifacts import MODEL_INFO
 from p8lib.pipeline import run
 from p8lib.s3 import list_sizes, upload
 
@@ -147,3 +148,41 @@ def test_unreachable_endpoint(sample_dir) -> None:
         "http://127.0.0.1:9",
     ]
     _assert_one_error_line(p8(*upload_args), "cannot reach")
+
+
+@pytest.mark.slow
+def test_a_model_trained_into_s3_predicts_from_there_and_leaves_no_copy(
+    s3_server, bucket, sample_run, sample_model, sample_dir, tmp_path
+) -> None:
+    local = sample_model.model.removeprefix("file://")
+    remote = f"s3://{bucket}/models/sample"
+    endpoint = ["--s3-endpoint", s3_server.endpoint]
+    features = ["--features", sample_run.output, "--test", sample_run.output, "--k", "10"]
+    trained = p8("train", *features, "--model", remote, *endpoint)
+    assert trained.returncode == 0, trained.stderr
+    keys = list_sizes(remote, endpoint=s3_server.endpoint)
+    assert f"models/sample/{MODEL_INFO}" in keys, sorted(keys)
+    photos = [str(p) for p in sorted(sample_dir.rglob("*.jpg"))[:3]]
+    scratch = tmp_path / "tmp"  # the predicting process's temporary folder
+    scratch.mkdir()
+    env = {"TMPDIR": str(scratch)}
+    here = p8("predict", *photos, "--model", local, "--json")
+    there = p8("predict", *photos, "--model", remote, *endpoint, "--json", env=env)
+    assert there.returncode == 0 and here.returncode == 0, there.stderr + here.stderr
+    # The model trained into S3 answers as the same training saved locally (sample_model).
+    answers = [[json.loads(line) for line in r.stdout.splitlines()] for r in (here, there)]
+    assert [a["path"] for a in answers[1]] == photos
+    for a, b in zip(*answers, strict=True):
+        assert [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]]
+        probabilities = [[t["probability"] for t in x["top"]] for x in (a, b)]
+        assert probabilities[0] == pytest.approx(probabilities[1], abs=1e-6)
+    assert not list(scratch.glob("p8-model-*")), "the model's download was left behind"
+    scores = [["evaluate", "--model", m, "--images", str(sample_dir)] for m in (local, remote)]
+    scored_here, scored_there = p8(*scores[0]), p8(*scores[1], *endpoint, env=env)
+    assert scored_there.returncode == 0, scored_there.stderr
+    assert scored_there.stdout == scored_here.stdout
+    assert "34 photos: fine top-1" in scored_here.stdout
+    assert not list(scratch.glob("p8-model-*"))
+    missing = p8("predict", *photos, "--model", f"s3://{bucket}/models/none", *endpoint, env=env)
+    _assert_one_error_line(missing, "nothing under s3://fruits/models/none")
+    assert missing.returncode == 2 and not list(scratch.glob("p8-model-*"))
