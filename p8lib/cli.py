@@ -597,6 +597,18 @@ def _interrupted() -> int:
     return 130
 
 
+def _reader_gone() -> bool:
+    """Whether standard output is a pipe whose reading end was closed."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `p8`; returns the exit code."""
     from p8lib.session import INTERRUPTED, cli_interrupts
@@ -609,6 +621,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _reader_gone():
+            # `p8 predict photos/ | head`: the reader has what it wanted. Stop quietly, as a
+            # command killed by SIGPIPE does (128 + 13), with no second error at exit's flush.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         if args.verbose:
             traceback.print_exc()
         if INTERRUPTED.is_set():  # the cancelled Spark job's error: not the user's problem

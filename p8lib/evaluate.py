@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,9 @@ class Report:
     images: str
     photos: list[Scored]
     unreadable: list[str]
+    # What the labels name that the model cannot answer: its photos are never right there.
+    unknown_classes: list[str] = field(default_factory=list)
+    unknown_fruits: list[str] = field(default_factory=list)
 
     def _share(self, right: Callable[[Scored], bool], of: list[Scored] | None = None) -> float:
         rows = self.photos if of is None else of
@@ -208,6 +211,8 @@ class Report:
             "images": self.images,
             **self.totals(),
             "unreadable": self.unreadable,
+            "unknown_classes": self.unknown_classes,
+            "unknown_fruits": self.unknown_fruits,
             "per_folder": self.per_folder(),
             "unsure_curve": self.unsure_curve(),
             "photos_scored": [
@@ -234,6 +239,12 @@ class Report:
             out.append(
                 f"{n} photo{'s' if n != 1 else ''} could not be read: {self.unreadable[0]}{more}"
             )
+        for names, what in ((self.unknown_classes, "classes"), (self.unknown_fruits, "fruits")):
+            if names:
+                out.append(
+                    f"not {what} of this model, so never right: {', '.join(names)} "
+                    "(see --labels, --coarse-map)"
+                )
         out.append("per folder: photos, fine top-1, coarse top-1, the fruit most often named")
         out += [
             f"  {r['folder']}: {r['photos']}, {r['fine_top1']:.0%}, {r['coarse_top1']:.0%}, "
@@ -285,6 +296,11 @@ def evaluate(
         fruit=fruit,
     )
     report = Report(model, images, [], [])
+    report.unknown_classes = sorted(
+        {c for t in truths.values() for c in t.fine} - set(classifier.labels)
+    )
+    fruits = {fruit(label) for label in classifier.labels}
+    report.unknown_fruits = sorted({t.coarse for t in truths.values()} - fruits)
     for (path, folder), p in zip(found, predictions, strict=True):
         _score(report, p, truths[folder], folder, fruit, path)
     if target is not None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from helpers import p8
+from helpers import ROOT, p8
 
 from p8lib import jvm
 
@@ -85,3 +88,21 @@ def test_existing_output_is_kept_unless_overwrite(sample_dir: Path, tmp_path: Pa
         "manifest.json",
     ]
     assert not list(tmp_path.glob(".out.*")), "no staging folder, old copy or lock left behind"
+
+
+def test_a_reader_that_stops_reading_ends_predict_quietly(sample_model, sample_dir) -> None:
+    """`p8 predict photos/ | head -1`: once the pipe's reader is gone, p8 stops as a command
+    killed by SIGPIPE does (exit 141), with no error message."""
+    photos = [str(p) for p in sorted(sample_dir.rglob("*.jpg"))]
+    model = sample_model.model.removeprefix("file://")
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before p8 writes its first answer
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "p8lib.cli", "predict", *photos, "--model", model],
+            stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=600,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert result.returncode == 141, result.stderr
+    assert "error" not in result.stderr.lower() and "Traceback" not in result.stderr

@@ -496,6 +496,33 @@ def test_evaluate_without_labels_uses_folder_names(sample_model, sample_dir, tmp
     assert f"{len(files)} photos: fine top-1 {right / len(files):.1%}" in result.stdout
 
 
+def test_evaluate_names_what_the_labels_ask_that_the_model_cannot_answer(
+    sample_model, sample_dir, tmp_path
+) -> None:
+    photos, classes = _photo_folder(sample_dir, tmp_path)
+    model = sample_model.model.removeprefix("file://")
+    from p8lib.predict import fruit_of
+
+    labels = {f: {"fine": [c], "coarse": fruit_of(c)} for f, c in classes.items()}
+    (tmp_path / "tidy.json").write_text(json.dumps(labels))
+    first, second = sorted(labels)[:2]
+    labels[first] = {"fine": ["Apple Braeburn 9"], "coarse": "apple"}  # a misspelt class
+    labels[second] = {"fine": [], "coarse": "asparagus"}  # a product Fruits-360 lacks
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    out = tmp_path / "evaluation"
+    result = p8("evaluate", "--model", model, "--images", str(photos), "--labels",
+                str(tmp_path / "labels.json"), "--output", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["unknown_classes"] == ["Apple Braeburn 9"]
+    assert report["unknown_fruits"] == ["asparagus"]
+    notes = [line for line in result.stdout.splitlines() if "never right" in line]
+    assert len(notes) == 2 and "Apple Braeburn 9" in notes[0] and "asparagus" in notes[1]
+    tidy = p8("evaluate", "--model", model, "--images", str(photos),
+              "--labels", str(tmp_path / "tidy.json"))  # fmt: skip
+    assert tidy.returncode == 0 and "never right" not in tidy.stdout, tidy.stderr
+
+
 def test_evaluate_refuses_bad_input_and_keeps_what_exists(
     sample_model, sample_dir, tmp_path
 ) -> None:
