@@ -5,6 +5,7 @@ The Spark/S3 part and the PCA part are defined once and shared by ``RunConfig`` 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -72,6 +73,11 @@ class PcaSettings:
     variance: float = 0.99
 
     def __post_init__(self) -> None:
+        # A notebook's or a caller's "10" or True: said here, not as a TypeError further on.
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int)):
+            raise UsageError(f"--k must be a whole number, got {self.k!r}")
+        if isinstance(self.variance, bool) or not isinstance(self.variance, int | float):
+            raise UsageError(f"--variance must be a number, got {self.variance!r}")
         if self.k is not None and not 1 <= self.k <= FEATURE_DIM:
             raise UsageError(f"--k must be between 1 and {FEATURE_DIM}, got {self.k}")
         if not 0.0 < self.variance <= 1.0:
@@ -182,8 +188,8 @@ class TrainConfig(PcaSettings, SparkSettings):
         if self.input not in INPUTS:
             raise UsageError(f"--input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         PcaSettings.__post_init__(self)
-        if self.reg_param is not None and self.reg_param < 0:
-            raise UsageError(f"--reg-param must be 0 or more, got {self.reg_param}")
+        if self.reg_param is not None and not 0 <= self.reg_param < math.inf:
+            raise UsageError(f"--reg-param must be 0 or more (and finite), got {self.reg_param}")
         if self.max_iter < 1:
             raise UsageError(f"--max-iter must be positive, got {self.max_iter}")
         if self.mode not in ("error", "overwrite"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import shlex
 import shutil
 import subprocess
@@ -567,6 +568,13 @@ def cost(
             raise UsageError(f"no price for {kind}: known types are {', '.join(PRICES)}")
     if (hours is None) == (images is None):
         raise UsageError("give either --hours or --images")
+    if hours is not None and not 0 < hours < math.inf:
+        raise UsageError(f"--hours must be a positive number, got {hours}")
+    if images is not None and images < 1:
+        raise UsageError(f"--images must be at least 1, got {images}")
+    for name, count in (("--core-count", core_count), ("--task-count", task_count)):
+        if count < 0:
+            raise UsageError(f"{name} must be 0 or more, got {count}")
     workers = core_count + task_count
     if workers < 1:
         raise UsageError("a cluster needs at least one core or task instance")

@@ -46,7 +46,8 @@ def _fetch(source: str, image: SampleImage) -> bytes:
         except (OSError, urllib.error.URLError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise P8Error(
-                f"could not download {url} ({reason}); pass --from DIR with a local Fruits-360 copy"
+                f"could not download {url} ({reason}); point p8 at a local Fruits-360 copy: "
+                "set FRUITS360_DIR (or `p8 sample --from DIR`)"
             ) from None
     local = Path(source).expanduser() / image.path
     if not local.is_file():

@@ -83,7 +83,12 @@ def test_the_s3_endpoint_comes_from_the_environment_when_not_given(
     [
         ({"input": "pixels"}, "--input must be one of pca, features"),
         ({"k": 1281}, "--k must be between 1 and 1280"),
+        ({"k": "abc"}, "--k must be a whole number, got 'abc'"),
+        ({"k": 2.5}, "--k must be a whole number, got 2.5"),
+        ({"variance": "0.9"}, "--variance must be a number, got '0.9'"),
         ({"reg_param": -1.0}, "--reg-param must be 0 or more"),
+        ({"reg_param": float("nan")}, "--reg-param must be 0 or more .and finite., got nan"),
+        ({"reg_param": float("inf")}, "--reg-param must be 0 or more .and finite., got inf"),
         ({"mode": "incremental"}, "--mode must be error or overwrite"),
         ({"master": "nowhere"}, "is not a Spark master URL"),
         ({"features": " "}, "--features is empty"),

@@ -171,6 +171,26 @@ def test_cost_estimate() -> None:
     assert unknown.returncode == 2 and "no price for x9.huge" in unknown.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--hours", "-1"], "--hours must be a positive number, got -1.0"),
+        (["--hours", "0"], "--hours must be a positive number"),
+        (["--hours", "nan"], "--hours must be a positive number, got nan"),
+        (["--hours", "inf"], "--hours must be a positive number, got inf"),
+        (["--images", "-5"], "--images must be at least 1, got -5"),
+        (["--images", "0"], "--images must be at least 1, got 0"),
+        (["--images", "10", "--task-count", "-1"], "--task-count must be 0 or more, got -1"),
+        (["--images", "10", "--core-count", "-1", "--task-count", "3"], "--core-count must be 0"),
+    ],
+)
+def test_cost_refuses_what_no_cluster_can_be(args: list[str], fragment: str) -> None:
+    result = p8("emr", "cost", *args)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(lines) == 1 and lines[0].startswith(f"p8: error: {fragment}"), result.stderr
+
+
 def _shell_pins() -> dict[str, str]:
     text = (ROOT / "bootstrap.sh").read_text()
     block = re.search(r"PINS=\((.*?)\)", text, re.S)

@@ -103,4 +103,6 @@ def test_sample_download_failure_is_one_clear_line(tmp_path):
         result.stderr.startswith("p8: error: could not download")
         and "Traceback" not in result.stderr
     )
+    # What to do, in words a notebook's user can follow too (no --from there).
+    assert "set FRUITS360_DIR" in result.stderr and len(result.stderr.splitlines()) == 1
     assert ROOT.exists()
