@@ -23,9 +23,9 @@ Input = Literal["pca", "features"]
 INPUTS: tuple[str, ...] = ("pca", "features")
 URI_RE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://.*|[^:]+)$")
 # local, local[4], local[*], local[4,2], local-cluster[2,1,1024], spark://h:7077[,h2:7077], yarn,
-# k8s://https://host:443, mesos://host:5050
+# k8s://https://host:443, mesos://host:5050 (no local[0]: Spark cannot start with no thread)
 MASTER_RE = re.compile(
-    r"^(local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]"
+    r"^(local(\[(\*|[1-9]\d*)(,\d+)?\])?|local-cluster\[[1-9]\d*,[1-9]\d*,[1-9]\d*\]"
     r"|spark://[\w.-]+:\d+(,[\w.-]+:\d+)*|yarn|k8s://\S+|mesos://[\w.-]+:\d+)$"
 )
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from p8lib import augment as augmentation
-from p8lib import engine, io, plan, plots
+from p8lib import engine, io, outputs, plan, plots
 from p8lib.artifacts import (
     FEATURE_DIM,
     MANIFEST,
@@ -186,6 +186,8 @@ def dry_run(config: RunConfig) -> list[str]:
     from p8lib import emr
 
     images_uri = io.normalize_uri(config.images, emr=on_emr())
+    output = io.normalize_uri(config.output, emr=on_emr())
+    outputs.check_separate(output, {"--images": images_uri}, flag="--output")  # as the run would
     listing = _listing(config, images_uri)
     n = len(listing.files)
     found = Counter(extension(f.path) for f in listing.files)

@@ -91,6 +91,7 @@ def test_the_s3_endpoint_comes_from_the_environment_when_not_given(
         ({"reg_param": float("inf")}, "--reg-param must be 0 or more .and finite., got inf"),
         ({"mode": "incremental"}, "--mode must be error or overwrite"),
         ({"master": "nowhere"}, "is not a Spark master URL"),
+        ({"master": "local[0]"}, "is not a Spark master URL"),  # no thread to run on
         ({"features": " "}, "--features is empty"),
     ],
 )

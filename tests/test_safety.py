@@ -65,9 +65,11 @@ def test_an_output_over_the_input_is_refused_before_spark(sample_dir, tmp_path, 
         "symlink": tmp_path / "link",
     }[where]
     before = _tree(tmp_path / "photos")
-    result = p8("run", "--images", str(photos), "--output", str(output), "--mode", "overwrite")
+    args = ["run", "--images", str(photos), "--output", str(output), "--mode", "overwrite"]
+    result = p8(*args)
     line = _one_error(result, "--output")
     assert "outside the inputs" in line
+    assert _one_error(p8(*args, "--dry-run"), "--output") == line  # a dry run says so too
     assert _tree(tmp_path / "photos") == before
     assert "JAVA" not in result.stderr and "Spark" not in result.stderr
 
