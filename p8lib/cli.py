@@ -582,9 +582,19 @@ COMMANDS = {
 }
 
 
-def _interrupted() -> int:
+# What Ctrl-C leaves, by command (run, train and evaluate publish nothing unfinished;
+# predict prints its answers at the end).
+INTERRUPTED_LEAVES = {
+    "run": "nothing was published",
+    "train": "nothing was published",
+    "evaluate": "nothing was published",
+    "upload": "the files sent so far stay; the same command sends the rest",
+}
+
+
+def _interrupted(command: str) -> int:
     """After Ctrl-C: wait for the cancelled tasks, stop Spark (a JVM killed with tasks still
-    running prints their traces), then say so in one line."""
+    running prints their traces), then say so, and what is left, in one line."""
     from pyspark.sql import SparkSession
 
     session = SparkSession.getActiveSession()
@@ -593,7 +603,8 @@ def _interrupted() -> int:
         while tracker.getActiveStageIds() and time.monotonic() < deadline:
             time.sleep(0.2)
         session.stop()
-    print(f"{PROG}: interrupted, nothing was published", file=sys.stderr)
+    leaves = INTERRUPTED_LEAVES.get(command)
+    print(f"{PROG}: interrupted" + (f", {leaves}" if leaves else ""), file=sys.stderr)
     return 130
 
 
@@ -619,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        return _interrupted()
+        return _interrupted(args.command)
     except Exception as exc:
         if isinstance(exc, BrokenPipeError) and _reader_gone():
             # `p8 predict photos/ | head`: the reader has what it wanted. Stop quietly, as a
@@ -629,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         if INTERRUPTED.is_set():  # the cancelled Spark job's error: not the user's problem
-            return _interrupted()
+            return _interrupted(args.command)
         if isinstance(exc, P8Error):
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return exc.exit_code

@@ -220,9 +220,11 @@ def upload(
             for size, _ in zip(sizes, pool.map(put, todo), strict=True):
                 sent[0], sent[1] = sent[0] + 1, sent[1] + size
                 reporter.update(sent[0])
+        reporter.finish(sent[0], note=f"{sent[1] / 1e6:,.1f} MB")
     except Exception as exc:
         raise _explain(exc, location.bucket, endpoint) from None
-    reporter.finish(sent[0], note=f"{sent[1] / 1e6:,.1f} MB")
+    finally:
+        reporter.close()  # after Ctrl-C too: the redrawn line ends before p8 says why
     return UploadResult(uploaded=len(todo), skipped=len(files) - len(todo))
 
 

@@ -215,6 +215,20 @@ def memory_share(share: float = 0.25, *, least_gb: int = 2, most_gb: int = 8) ->
     return f"{max(least_gb, min(most_gb, int(total * share)))}g"
 
 
+def _running_session() -> SparkSession | None:
+    """The session this process already runs, made active for the calling thread, which may
+    not see it as active (Spark keeps the active session per JVM thread: seen after
+    `predict_photos` ran in the same process, or from another thread); None if there is none."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    if SparkContext._active_spark_context is None:
+        return None
+    session = SparkSession.builder.getOrCreate()  # the running one: no new context is made
+    session._jvm.SparkSession.setActiveSession(session._jsparkSession)  # type: ignore[union-attr]
+    return session
+
+
 def build_session(
     *,
     master: str = "local[*]",
@@ -235,7 +249,7 @@ def build_session(
     """
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
+    active = SparkSession.getActiveSession() or _running_session()
     if active is not None:
         if s3:
             configure_s3(active, endpoint_url(s3_endpoint))

@@ -274,3 +274,21 @@ def test_a_model_fitted_without_standardization_predicts_as_spark(
     )
     np.testing.assert_allclose(probs, np.stack([np.asarray(r["p"]) for r in rows]), atol=1e-9)
     assert result.evaluation.rows == 34
+
+
+def test_train_uses_the_running_session_when_this_thread_sees_none(
+    spark, sample_run, tmp_path
+) -> None:
+    """Spark keeps the active session per JVM thread, and a caller's thread may see none (it
+    happened after predict_photos in the same process): the API then takes the session the
+    process runs, rather than failing inside Spark ML."""
+    from pyspark.sql import SparkSession
+
+    from p8lib.classify import train
+
+    spark._jvm.SparkSession.clearActiveSession()
+    assert SparkSession.getActiveSession() is None
+    result = train(features=sample_run.output, model=str(tmp_path / "m"), k=10)
+    assert result.evaluation.rows > 0 and (tmp_path / "m" / "model.json").is_file()
+    active = SparkSession.getActiveSession()
+    assert active is not None and active._jsparkSession.equals(spark._jsparkSession)
