@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import ROOT, p8
+from helpers import ctrl_c_once_started, p8
 from pyspark.sql import functions as F
 from s3server import SECRET_KEY
 
@@ -196,18 +192,8 @@ def test_a_model_trained_into_s3_predicts_from_there_and_leaves_no_copy(
 def test_ctrl_c_during_an_upload_says_what_stays(s3_server, bucket, fruits_dir, tmp_path) -> None:
     args = ["upload", str(fruits_dir / "Test"), f"s3://{bucket}/interrupted"]
     cmd = [sys.executable, "-m", "p8lib.cli", *args, "--s3-endpoint", s3_server.endpoint]
-    log = tmp_path / "stderr.txt"
-    with log.open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stderr=err, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while "uploading" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1)
-        assert proc.poll() is None, "the upload ended before it could be interrupted"
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        proc.wait(timeout=60)
-    stderr = log.read_text()
-    assert proc.returncode == 130, stderr[-3000:]
+    code, stderr = ctrl_c_once_started(cmd, tmp_path / "stderr.txt", seen="uploading", after=1)
+    assert code == 130, stderr[-3000:]
     last = stderr.rstrip().splitlines()[-1]
     assert last == "p8: interrupted, the files sent so far stay; the same command sends the rest"
     sent = list_sizes(f"s3://{bucket}/interrupted", endpoint=s3_server.endpoint)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import ROOT, p8
+from helpers import ROOT, ctrl_c_once_started, p8
 from PIL import Image
 
 from p8lib import engine
@@ -494,17 +493,8 @@ def test_ctrl_c_cancels_the_run_and_leaves_nothing(fruits_dir, tmp_path) -> None
     cache.mkdir()
     (cache / "openvino").symlink_to(engine.cache_dir(), target_is_directory=True)
     env = {**os.environ, "P8_CACHE_DIR": str(cache)}
-    with log.open("w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stderr=err, start_new_session=True, env=env)
-        deadline = time.monotonic() + 120
-        while "featurizing" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(2)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        proc.wait(timeout=120)
-    stderr = log.read_text()
-    assert proc.returncode == 130, stderr[-3000:]
+    code, stderr = ctrl_c_once_started(cmd, log, seen="featurizing", after=2, env=env)
+    assert code == 130, stderr[-3000:]
     assert stderr.rstrip().splitlines()[-1] == "p8: interrupted, nothing was published"
     assert "Traceback" not in stderr and "Py4J" not in stderr
     assert "Exception" not in stderr, "no Java trace from the stopping session"
