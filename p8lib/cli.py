@@ -482,7 +482,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if not args.verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    results = predict_photos(
+    reporting = _reporting(args)
+    # The answers come batch by batch; in a terminal they scroll by between plain progress lines
+    # (a redrawn line would be torn by them).
+    reporting["live"] = reporting["live"] and not sys.stdout.isatty()
+    answers = predict_photos(
         photo_files(args.photos),
         model=args.model,
         weights=args.weights,
@@ -490,13 +494,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         s3_endpoint=args.s3_endpoint,
         engine=args.engine,
         unsure_below=args.unsure_below,
-        **_reporting(args),
+        **reporting,
     )
-    for result in results:
+    failed = total = 0
+    for result in answers:
         print(json.dumps(result.as_dict()) if args.json else result.line(), flush=True)
-    failed = sum(r.error is not None for r in results)
+        failed, total = failed + (result.error is not None), total + 1
     if failed:
-        _say(f"{failed} of {len(results)} photos could not be read")
+        _say(f"{failed} of {total} photos could not be read")
         return 1
     return 0
 
@@ -582,12 +587,12 @@ COMMANDS = {
 }
 
 
-# What Ctrl-C leaves, by command (run, train and evaluate publish nothing unfinished;
-# predict prints its answers at the end).
+# What Ctrl-C leaves, by command (run, train and evaluate publish nothing unfinished).
 INTERRUPTED_LEAVES = {
     "run": "nothing was published",
     "train": "nothing was published",
     "evaluate": "nothing was published",
+    "predict": "the answers printed are for the photos done so far",
     "upload": "the files sent so far stay; the same command sends the rest",
 }
 

@@ -369,8 +369,9 @@ def predict_photos(
     engine: str = "openvino",
     unsure_below: float = 0.0,
     fruit: Callable[[str], str] = fruit_of,
-) -> list[PhotoPrediction]:
-    """The ``top`` classes of each photo (jpg, png, … of any size), in the order given.
+) -> Iterator[PhotoPrediction]:
+    """The ``top`` classes of each photo (jpg, png, … of any size), in the order given, one
+    by one: each batch's as soon as it is done (a caller can show them as they come, or stop).
 
     A photo that cannot be read gets an ``error`` and no classes; the others are unaffected.
     The weights must be those the training features were computed with. Photos go through the
@@ -379,8 +380,6 @@ def predict_photos(
     whose top probability is below ``unsure_below`` is marked ``unsure``, and its fruit
     ``fruit_unsure`` if its classes' sum is below it too; ``fruit`` names a class's fruit.
     """
-    from p8lib.featurize import resolve_weights
-
     if top < 1:
         raise UsageError(f"--top must be positive, got {top}")
     if not 0.0 <= unsure_below <= 1.0:
@@ -388,6 +387,42 @@ def predict_photos(
     classifier = (
         model if isinstance(model, Classifier) else load_classifier(model, s3_endpoint=s3_endpoint)
     )
+    weights_path, digest = _checked_weights(weights, classifier)
+    many = len(photos) > batch_size
+    reporter = Reporter("predicting", len(photos), "photos", log=log if many else None, live=live)
+    failed, net, indexed = 0, None, list(enumerate(photos))
+    try:
+        for start in range(0, len(photos), batch_size):
+            batch = indexed[start : start + batch_size]
+            errors: dict[int, str] = {}
+            images, readable = _read_photos(batch, classifier.image_size, errors)
+            ranked: dict[int, list[tuple[str, float]]] = {}
+            fruits: dict[int, tuple[str, float]] = {}
+            if images:
+                net = net or _network(classifier, engine, weights_path, digest, log)
+                probs = _probabilities(classifier, net, images, batch_size=batch_size)
+                ranked.update(zip(readable, classifier.ranked(probs, top), strict=True))
+                fruits.update(zip(readable, classifier.fruits(probs, fruit), strict=True))
+            failed += len(errors)
+            reporter.update(start + len(batch), failed)
+            for i, photo in batch:
+                yield PhotoPrediction(
+                    str(photo),
+                    ranked.get(i, []),
+                    errors.get(i),
+                    unsure=i in ranked and ranked[i][0][1] < unsure_below,
+                    fruit=fruits.get(i),
+                    fruit_unsure=i in fruits and fruits[i][1] < unsure_below,
+                )
+        reporter.finish(len(photos), failed)
+    finally:
+        reporter.close()
+
+
+def _checked_weights(weights: str, classifier: Classifier) -> tuple[Path, str]:
+    """The weights file and its sha256, refused unless the model was trained with it."""
+    from p8lib.featurize import resolve_weights
+
     weights_path = resolve_weights(weights)
     digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     if classifier.weights_sha256 and digest != classifier.weights_sha256:
@@ -395,34 +430,7 @@ def predict_photos(
             f"{weights_path} is not the weights this model was trained with "
             f"(sha256 {classifier.weights_sha256[:12]}…): pass those with --weights"
         )
-    many = len(photos) > batch_size
-    reporter = Reporter("predicting", len(photos), "photos", log=log if many else None, live=live)
-    ranked: dict[int, list[tuple[str, float]]] = {}
-    fruits: dict[int, tuple[str, float]] = {}
-    errors: dict[int, str] = {}
-    net = None
-    indexed = list(enumerate(photos))
-    for start in range(0, len(photos), batch_size):
-        batch = indexed[start : start + batch_size]
-        images, readable = _read_photos(batch, classifier.image_size, errors)
-        if images:
-            net = net or _network(classifier, engine, weights_path, digest, log)
-            probs = _probabilities(classifier, net, images, batch_size=batch_size)
-            ranked.update(zip(readable, classifier.ranked(probs, top), strict=True))
-            fruits.update(zip(readable, classifier.fruits(probs, fruit), strict=True))
-        reporter.update(start + len(batch), len(errors))
-    reporter.finish(len(photos), len(errors))
-    return [
-        PhotoPrediction(
-            str(photo),
-            ranked.get(i, []),
-            errors.get(i),
-            unsure=i in ranked and ranked[i][0][1] < unsure_below,
-            fruit=fruits.get(i),
-            fruit_unsure=i in fruits and fruits[i][1] < unsure_below,
-        )
-        for i, photo in enumerate(photos)
-    ]
+    return weights_path, digest
 
 
 def _network(

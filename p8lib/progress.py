@@ -149,8 +149,14 @@ def _live_bar() -> Any:
     from rich.progress import Progress, TextColumn
 
     console = Console(stderr=True, highlight=False)
+    # Standard output stays where it goes: rich would otherwise send what is printed there while
+    # the line is shown to stderr's terminal (`p8 predict photos/ > answers.txt` as it streams).
     return Progress(
-        TextColumn("p8: {task.description}"), console=console, refresh_per_second=4, transient=False
+        TextColumn("p8: {task.description}"),
+        console=console,
+        refresh_per_second=4,
+        transient=False,
+        redirect_stdout=False,
     )
 
 

@@ -123,7 +123,7 @@ def test_predict_on_many_photos_reports_progress(sample_model, sample_dir: Path)
 
     photos = sorted(sample_dir.rglob("*.jpg"))
     said: list[str] = []
-    results = predict_photos(photos, model=sample_model.model, batch_size=8, log=said.append)
+    results = list(predict_photos(photos, model=sample_model.model, batch_size=8, log=said.append))
     assert len(results) == 34 and all(r.error is None for r in results)
     assert [line.split(" photos")[0] for line in said][:2] == [
         "predicting 0 / 34",

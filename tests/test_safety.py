@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -513,3 +514,35 @@ def test_an_empty_lock_left_by_a_killed_command_is_taken_over(spark, tmp_path) -
         assert json.loads((tmp_path / ".out.lock").read_text())["run_id"] == "r1"
     assert any("unreadable lock" in line for line in said), said
     assert not (tmp_path / ".out.lock").exists()
+
+
+def test_predict_streams_its_answers_and_ctrl_c_keeps_those_given(
+    sample_model, sample_dir, tmp_path
+) -> None:
+    """`p8 predict big/ > answers.txt`: each batch's answers are written as soon as it is done,
+    so an interrupted run has given, whole, the answers of the photos done so far."""
+    from p8lib.predict import photo_files
+
+    photos = tmp_path / "photos"
+    for copy in range(20):  # 680 photos: many batches of 32
+        shutil.copytree(sample_dir, photos / f"copy {copy}")
+    model = sample_model.model.removeprefix("file://")
+    cmd = [sys.executable, "-m", "p8lib.cli", "predict", str(photos), "--model", model, "--json"]
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the first batch's first answer, long before the last
+        assert proc.poll() is None, "p8 answered nothing before it had predicted every photo"
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        rest = proc.stdout.read()  # through the same buffer as readline
+        proc.wait(timeout=120)
+    stderr = log.read_text()
+    assert proc.returncode == 130, stderr[-3000:]
+    last = stderr.rstrip().splitlines()[-1]
+    assert last == "p8: interrupted, the answers printed are for the photos done so far"
+    answers = [json.loads(line) for line in (first + rest).splitlines()]
+    assert 1 <= len(answers) < 680 and all(len(a["top"]) == 3 for a in answers)
+    assert [a["path"] for a in answers] == photo_files([str(photos)])[: len(answers)]
