@@ -255,6 +255,30 @@ def build_session(
             configure_s3(active, endpoint_url(s3_endpoint))
         return active
     ensure_java()
+    _set_process_env(master)
+    settings, staged = _session_settings(
+        master=master,
+        conf=conf,
+        s3=s3,
+        s3_endpoint=s3_endpoint,
+        verbose=verbose,
+        driver_memory=driver_memory,
+        short=short,
+    )
+    builder = SparkSession.builder.master(master).appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    if staged is not None:
+        jvm.publish_at_exit(spark, staged, abandon=INTERRUPTED.is_set)
+    spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
+    if _cli_interrupts:
+        _on_interrupt(spark)
+    return spark
+
+
+def _set_process_env(master: str) -> None:
+    """Environment the driver's JVM and its Python workers inherit."""
     # Workers must run this interpreter (the project's venv), not whatever `python3` is on PATH.
     if _is_local_master(master):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -264,7 +288,18 @@ def build_session(
     # threads then hold ~0.5 GB more resident memory. Two arenas cost no measurable speed.
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
 
-    builder = SparkSession.builder.master(master).appName(app_name)
+
+def _session_settings(
+    *,
+    master: str,
+    conf: dict[str, str] | None,
+    s3: bool,
+    s3_endpoint: str | None,
+    verbose: bool,
+    driver_memory: str,
+    short: bool,
+) -> tuple[dict[str, str], Path | None]:
+    """The Spark settings of a new session, and the class archive it stages (or None)."""
     settings = dict(DEFAULT_CONF)
     if _is_local_master(master):
         settings["spark.driver.host"] = "127.0.0.1"
@@ -287,12 +322,4 @@ def build_session(
         endpoint = endpoint_url(s3_endpoint)
         settings.update({f"spark.hadoop.{k}": v for k, v in s3a_conf(endpoint).items()})
     settings.update(conf or {})
-    for key, value in settings.items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    if staged is not None:
-        jvm.publish_at_exit(spark, staged, abandon=INTERRUPTED.is_set)
-    spark.sparkContext.setLogLevel("WARN" if verbose else "ERROR")
-    if _cli_interrupts:
-        _on_interrupt(spark)
-    return spark
+    return settings, staged
