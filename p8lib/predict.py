@@ -8,6 +8,7 @@ process: start-up is TensorFlow's, not a JVM's, and one photo takes milliseconds
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -379,6 +380,8 @@ def predict_photos(
     redrawn in place with ``live``); ``engine``: ``openvino`` or ``keras`` (fp32 only). A photo
     whose top probability is below ``unsure_below`` is marked ``unsure``, and its fruit
     ``fruit_unsure`` if its classes' sum is below it too; ``fruit`` names a class's fruit.
+    The arguments, the model and the weights are checked at the call (a UsageError or P8Error
+    then, before any photo is read); the photos are read as the caller iterates.
     """
     if top < 1:
         raise UsageError(f"--top must be positive, got {top}")
@@ -388,32 +391,63 @@ def predict_photos(
         model if isinstance(model, Classifier) else load_classifier(model, s3_endpoint=s3_endpoint)
     )
     weights_path, digest = _checked_weights(weights, classifier)
-    many = len(photos) > batch_size
-    reporter = Reporter("predicting", len(photos), "photos", log=log if many else None, live=live)
-    failed, net, indexed = 0, None, list(enumerate(photos))
+    # Checked above, at the call; the photos are read and answered as the caller iterates.
+    network = functools.partial(_network, classifier, engine, weights_path, digest, log)
+    answer = _Answering(classifier, top=top, unsure_below=unsure_below, fruit=fruit)
+    reporting = {"log": log if len(photos) > batch_size else None, "live": live}
+    return _batches(list(photos), answer, network, reporting, batch_size=batch_size)
+
+
+@dataclass(frozen=True)
+class _Answering:
+    """How a batch of photos' probabilities become their answers."""
+
+    classifier: Classifier
+    top: int
+    unsure_below: float
+    fruit: Callable[[str], str]
+
+    def __call__(self, photos: list[str], probs: np.ndarray) -> list[PhotoPrediction]:
+        ranked = self.classifier.ranked(probs, self.top)
+        fruits = self.classifier.fruits(probs, self.fruit)
+        return [
+            PhotoPrediction(
+                photo,
+                top,
+                unsure=top[0][1] < self.unsure_below,
+                fruit=fruit,
+                fruit_unsure=fruit[1] < self.unsure_below,
+            )
+            for photo, top, fruit in zip(photos, ranked, fruits, strict=True)
+        ]
+
+
+def _batches(
+    photos: list[str | Path],
+    answer: _Answering,
+    network: Callable[[], Any],
+    reporting: dict[str, Any],
+    *,
+    batch_size: int,
+) -> Iterator[PhotoPrediction]:
+    """Each photo's answer, a batch at a time; the network is built for the first readable one."""
+    reporter = Reporter("predicting", len(photos), "photos", **reporting)
+    failed, net = 0, None
     try:
         for start in range(0, len(photos), batch_size):
-            batch = indexed[start : start + batch_size]
+            batch = list(enumerate(photos[start : start + batch_size], start))
             errors: dict[int, str] = {}
-            images, readable = _read_photos(batch, classifier.image_size, errors)
-            ranked: dict[int, list[tuple[str, float]]] = {}
-            fruits: dict[int, tuple[str, float]] = {}
+            images, readable = _read_photos(batch, answer.classifier.image_size, errors)
+            answers: dict[int, PhotoPrediction] = {}
             if images:
-                net = net or _network(classifier, engine, weights_path, digest, log)
-                probs = _probabilities(classifier, net, images, batch_size=batch_size)
-                ranked.update(zip(readable, classifier.ranked(probs, top), strict=True))
-                fruits.update(zip(readable, classifier.fruits(probs, fruit), strict=True))
+                net = net or network()
+                probs = _probabilities(answer.classifier, net, images, batch_size=batch_size)
+                said = answer([str(photos[i]) for i in readable], probs)
+                answers = dict(zip(readable, said, strict=True))
             failed += len(errors)
             reporter.update(start + len(batch), failed)
             for i, photo in batch:
-                yield PhotoPrediction(
-                    str(photo),
-                    ranked.get(i, []),
-                    errors.get(i),
-                    unsure=i in ranked and ranked[i][0][1] < unsure_below,
-                    fruit=fruits.get(i),
-                    fruit_unsure=i in fruits and fruits[i][1] < unsure_below,
-                )
+                yield answers.get(i) or PhotoPrediction(str(photo), [], errors.get(i))
         reporter.finish(len(photos), failed)
     finally:
         reporter.close()

@@ -226,6 +226,30 @@ def test_train_and_predict_refuse_bad_input(sample_model, sample_dir, tmp_path) 
     assert not_model.returncode == 2 and "no p8 model" in not_model.stderr
 
 
+def test_predict_photos_checks_its_arguments_at_the_call(sample_model, tmp_path) -> None:
+    """predict_photos answers lazily, batch by batch, but a bad argument, model or weights file
+    is refused when it is called, not when a caller first asks for an answer."""
+    from p8lib.errors import P8Error, UsageError
+    from p8lib.predict import predict_photos
+
+    photos = [tmp_path / "never-read.jpg"]  # does not exist: nothing may try to read it
+    with pytest.raises(UsageError, match="--top must be positive"):
+        predict_photos(photos, model=sample_model.model, top=0)
+    with pytest.raises(UsageError, match="--unsure-below must be between 0 and 1"):
+        predict_photos(photos, model=sample_model.model, unsure_below=2.0)
+    with pytest.raises(P8Error, match="model not found"):
+        predict_photos(photos, model=tmp_path / "no-model")
+    import h5py
+
+    other = tmp_path / "other.h5"  # MobileNetV2's layer names, not the model's weights
+    with h5py.File(other, "w") as h5:
+        h5.create_group("Conv1"), h5.create_group("Conv_1")
+    with pytest.raises(UsageError, match="not the weights this model was trained with"):
+        predict_photos(photos, model=sample_model.model, weights=str(other))
+    (answer,) = predict_photos(photos, model=sample_model.model)
+    assert answer.error is not None and "cannot read" in answer.error
+
+
 def test_classifier_on_held_out_fruits(spark, fruits_dir, tmp_path) -> None:
     """Six classes: train on Training-subset (40 each), evaluate on all their Test images."""
     from p8lib.classify import train
