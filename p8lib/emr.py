@@ -375,14 +375,16 @@ def _private_bucket(bucket: str, aws: Aws) -> None:
 def step_request(cluster_id: str, bucket: str, args: Sequence[str]) -> dict[str, Any]:
     """AddJobFlowSteps for ``p8 ARGS`` under spark-submit on YARN (client mode, on the master).
 
-    Every value in the step's shell command is quoted.
+    Every value in the step's shell command is quoted; ``args`` may start with ``p8``.
     """
-    if not args or args[0] not in ("run", "train"):
+    args = list(args[1:] if args and args[0] == "p8" else args)
+    if args and args[0] not in ("run", "train"):
+        raise UsageError(f"a step runs `p8 run` or `p8 train`, not {args[0]!r}: -- run --images …")
+    if not args:
         raise UsageError(
             "give the p8 command to run after --, e.g. -- run --images s3://... --output s3://..."
         )
     check_bucket_name(bucket)
-    args = list(args)
     if _option(args, "--master") is None:
         args[1:1] = ["--master", "yarn"]
     entry = f"/tmp/{ENTRY}"

@@ -157,6 +157,16 @@ def test_options_given_with_equals_are_read_as_argparse_reads_them() -> None:
     assert emr._option(["run", "--images"], "--images") is None
 
 
+def test_a_step_runs_p8_run_or_train_and_says_so() -> None:
+    args = ["run", "--images", "s3://fruits-b/in", "--output", "s3://fruits-b/o"]
+    typed = emr.step_request("j-1", "fruits-b", ["p8", *args])  # as one may type it
+    assert typed == emr.step_request("j-1", "fruits-b", args)
+    with pytest.raises(UsageError, match="a step runs `p8 run` or `p8 train`, not 'predict'"):
+        emr.step_request("j-1", "fruits-b", ["predict", "photo.jpg"])
+    with pytest.raises(UsageError, match="give the p8 command to run after --"):
+        emr.step_request("j-1", "fruits-b", ["p8"])
+
+
 def test_cost_estimate() -> None:
     spot = emr.cost(images=23_619)
     on_demand = emr.cost(images=23_619, spot=False)
