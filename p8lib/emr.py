@@ -379,7 +379,9 @@ def step_request(cluster_id: str, bucket: str, args: Sequence[str]) -> dict[str,
     """
     args = list(args[1:] if args and args[0] == "p8" else args)
     if args and args[0] not in ("run", "train"):
-        raise UsageError(f"a step runs `p8 run` or `p8 train`, not {args[0]!r}: -- run --images ...")
+        raise UsageError(
+            f"a step runs `p8 run` or `p8 train`, not {args[0]!r}: -- run --images s3://..."
+        )
     if not args:
         raise UsageError(
             "give the p8 command to run after --, e.g. -- run --images s3://... --output s3://..."
