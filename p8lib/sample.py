@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -62,29 +63,57 @@ def materialize(
 
     ``source`` is a local Fruits-360 folder or a base URL (default: ``$FRUITS360_DIR`` when set,
     else the official repository). Files already there with the right checksum are kept; every
-    file is checked against the manifest's sha256.
+    file is checked against the manifest's sha256. Another file where a sample image would go
+    is never replaced: nothing is written then (a UsageError names it).
     """
     source = source or os.environ.get("FRUITS360_DIR") or DEFAULT_BASE_URL
     root = Path(dest).expanduser()
-    written: list[Path] = []
-    for image in read_manifest(manifest):
-        target = root / image.label / Path(image.path).name
-        if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == image.sha256:
-            written.append(target)
-            continue
-        data = _fetch(source, image)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != image.sha256:
-            raise P8Error(
-                f"{image.path} from {source} has sha256 {digest[:12]}…, the manifest expects "
-                f"{image.sha256[:12]}… (the sample is Fruits-360 release 2024.08.04.0)"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+    images = [
+        (image, root / image.label / Path(image.path).name) for image in read_manifest(manifest)
+    ]
+    present = {target for image, target in images if _holds(target, image)}
+    _refuse_other_files(t for _, t in images if t not in present and t.exists())
+    for image, target in images:
+        if target not in present:
+            _write(target, _checked(_fetch(source, image), image, source))
+    return [target for _, target in images]
+
+
+def _holds(target: Path, image: SampleImage) -> bool:
+    return target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == image.sha256
+
+
+def _refuse_other_files(others: Iterable[Path]) -> None:
+    """Someone's files where the sample's would go are never replaced (nothing is written)."""
+    found = list(others)
+    if found:
+        raise UsageError(
+            f"{found[0]} exists and is not the sample's image"
+            + (f" (nor are {len(found) - 1} more)" if len(found) > 1 else "")
+            + ": choose another --dest, or move them away"
+        )
+
+
+def _checked(data: bytes, image: SampleImage, source: str) -> bytes:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != image.sha256:
+        raise P8Error(
+            f"{image.path} from {source} has sha256 {digest[:12]}…, the manifest expects "
+            f"{image.sha256[:12]}… (the sample is Fruits-360 release 2024.08.04.0)"
+        )
+    return data
+
+
+def _write(target: Path, data: bytes) -> None:
+    """``data`` at ``target``, whole or not at all (a temporary file beside it, then renamed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".p8-", delete=False) as tmp:
+        try:
             tmp.write(data)
-        shutil.move(tmp.name, target)
-        written.append(target)
-    return written
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    shutil.move(tmp.name, target)
 
 
 def ensure_sample(dest: Path | None = None, *, source: str | None = None) -> Path:

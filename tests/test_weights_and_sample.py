@@ -96,6 +96,28 @@ def test_sample_rejects_a_file_that_differs_from_the_manifest(fruits_dir, tmp_pa
     assert not (tmp_path / "s" / first.label / Path(first.path).name).exists()
 
 
+def test_sample_never_replaces_someone_elses_file(fruits_dir, tmp_path):
+    """--dest pointed at a folder of one's own photos (or another Fruits-360 release) whose
+    file sits where a sample image goes: refused before anything is written, the file kept."""
+    first = read_manifest()[0]
+    dest = tmp_path / "my photos"
+    mine = dest / first.label / Path(first.path).name
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"my own photo")
+    result = p8("sample", "--from", str(fruits_dir), "--dest", str(dest))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{mine} exists and is not the sample's image" in result.stderr
+    assert mine.read_bytes() == b"my own photo"
+    assert sorted(p.relative_to(dest) for p in dest.rglob("*")) == [
+        Path(first.label),
+        mine.relative_to(dest),
+    ]
+    mine.unlink()  # moved away: now the sample comes, whole
+    again = p8("sample", "--from", str(fruits_dir), "--dest", str(dest))
+    assert again.returncode == 0, again.stderr
+    assert len(list(dest.rglob("*.jpg"))) == 34 and not list(dest.rglob(".p8-*"))
+
+
 def test_sample_download_failure_is_one_clear_line(tmp_path):
     result = p8("sample", "--from", "http://127.0.0.1:9/", "--dest", str(tmp_path / "s"))
     assert result.returncode == 1
