@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import io
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -29,6 +27,7 @@ from p8lib.artifacts import FEATURE_DIM
 from p8lib.augment import variants as augment_variants
 from p8lib.engine import Network
 from p8lib.errors import P8Error, UsageError, first_line
+from p8lib.packaged import write_whole
 
 if TYPE_CHECKING:
     from pyspark import Accumulator
@@ -72,11 +71,8 @@ def resolve_weights(weights: str = "imagenet", *, url: str | None = None) -> Pat
     base = url or os.environ.get("P8_WEIGHTS_URL") or WEIGHTS_URL
     source = base.rstrip("/") + "/" + WEIGHTS_FILE
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(source, timeout=60) as response:
-            with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp:
-                shutil.copyfileobj(response, tmp)
-        os.replace(tmp.name, cached)
+            write_whole(cached, response)
     except (OSError, urllib.error.URLError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise P8Error(

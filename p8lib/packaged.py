@@ -9,8 +9,12 @@ are links to them).
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from importlib.resources import files
 from pathlib import Path
+from typing import IO
 
 
 def resource(name: str) -> Path:
@@ -35,3 +39,19 @@ def workspace() -> Path:
     """Where the sample and the notebooks' results go by default: the checkout when p8lib runs
     from one (``data_sample/images``, ``results/``), else the current folder."""
     return CHECKOUT or Path.cwd()
+
+
+def write_whole(target: Path, source: bytes | IO[bytes]) -> None:
+    """``source`` (bytes, or a stream read to its end) at ``target``, whole or not at all: written
+    to a hidden temporary file beside it, removed if that fails, then renamed over ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".p8-", delete=False) as tmp:
+        try:
+            if isinstance(source, bytes):
+                tmp.write(source)
+            else:
+                shutil.copyfileobj(source, tmp)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, target)

@@ -391,7 +391,6 @@ def predict_photos(
         model if isinstance(model, Classifier) else load_classifier(model, s3_endpoint=s3_endpoint)
     )
     weights_path, digest = _checked_weights(weights, classifier)
-    # Checked above, at the call; the photos are read and answered as the caller iterates.
     network = functools.partial(_network, classifier, engine, weights_path, digest, log)
     answer = _Answering(classifier, top=top, unsure_below=unsure_below, fruit=fruit)
     reporting = {"log": log if len(photos) > batch_size else None, "live": live}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -15,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from p8lib.errors import P8Error, UsageError
-from p8lib.packaged import SAMPLE_MANIFEST, workspace
+from p8lib.packaged import SAMPLE_MANIFEST, workspace, write_whole
 
 # The official Fruits-360 (100x100) repository; the manifest's paths are relative to its root.
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com/fruits-360/fruits-360-100x100/main/"
@@ -75,7 +73,7 @@ def materialize(
     _refuse_other_files(t for _, t in images if t not in present and t.exists())
     for image, target in images:
         if target not in present:
-            _write(target, _checked(_fetch(source, image), image, source))
+            write_whole(target, _checked(_fetch(source, image), image, source))
     return [target for _, target in images]
 
 
@@ -102,18 +100,6 @@ def _checked(data: bytes, image: SampleImage, source: str) -> bytes:
             f"{image.sha256[:12]}… (the sample is Fruits-360 release 2024.08.04.0)"
         )
     return data
-
-
-def _write(target: Path, data: bytes) -> None:
-    """``data`` at ``target``, whole or not at all (a temporary file beside it, then renamed)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".p8-", delete=False) as tmp:
-        try:
-            tmp.write(data)
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    shutil.move(tmp.name, target)
 
 
 def ensure_sample(dest: Path | None = None, *, source: str | None = None) -> Path:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from p8lib import jvm
 from p8lib.errors import P8Error
-from p8lib.packaged import LOG4J_CONF
+from p8lib.packaged import LOG4J_CONF, write_whole
 from p8lib.s3 import endpoint_url
 
 if TYPE_CHECKING:
@@ -84,9 +84,7 @@ def ensure_s3_jars(folder: Path | None = None) -> list[Path]:
                 if name in JARS and member.name.endswith(f"deps/jars/{name}"):
                     source = tar.extractfile(member)
                     assert source is not None
-                    with tempfile.NamedTemporaryFile(dir=folder, delete=False) as out:
-                        shutil.copyfileobj(source, out)
-                    os.replace(out.name, folder / name)
+                    write_whole(folder / name, source)
     for path in paths:
         if not path.is_file() or _sha256(path) != JARS[path.name]:
             path.unlink(missing_ok=True)
