@@ -222,7 +222,9 @@ def test_a_model_trained_on_variants_is_evaluated_on_images_only(spark, augmente
         photo_model=False,
     )
     assert plain.train_rows == 18 and not (root / "plain" / "photo_model.json").exists()
-    assert info["photo_model"]["colour_weight"] == 0.5  # the rows have colour histograms
+    assert info["photo_model"]["colour_weight"] == 1.0  # the rows have colour histograms
+    assert info["photo_model"]["shrinkage"] == 0.2
+    assert info["photo_model"]["shrink_toward"] == "identity"
     # Without them (--no-color), the photo model reads the features alone.
     train(features=result.output, model=str(root / "grey"), test=result.output, k=2, color=False)
     grey = json.loads((root / "grey" / "model.json").read_text())["photo_model"]
@@ -243,7 +245,9 @@ class _ShrunkToDiagonal:
 
 
 def test_photo_model_is_scikit_learns_discriminant_analysis(spark, augmented) -> None:
-    """Both discriminants, fitted in one Spark pass, against scikit-learn's LDA on the same rows."""
+    """The three discriminants, fitted in one Spark pass, against scikit-learn's LDA on the same
+    rows: the photo discriminant with scikit-learn's own shrinkage (toward the mean variance times
+    the identity), the gate and the colour with the covariance shrunk toward its diagonal."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     from p8lib import photo
@@ -251,22 +255,29 @@ def test_photo_model_is_scikit_learns_discriminant_analysis(spark, augmented) ->
 
     root, result = augmented
     classifier = load_classifier(root / "model")
-    assert classifier.photo is not None and classifier.photo.shrinkage == photo.SHRINKAGE
+    assert classifier.photo is not None and classifier.photo.shrinkage == photo.PHOTO_SHRINKAGE
+    assert classifier.photo.toward == "identity"
     table = pd.read_parquet(result.parquet.removeprefix("file://"))
     x = np.sqrt(np.stack(table["features"]).astype(np.float64))
     x /= np.linalg.norm(x, axis=1, keepdims=True)  # square roots, each row of length 1
     assert classifier.photo.unit
-    for target, coef, intercept in (
-        (table["label"], classifier.photo.coefficients, classifier.photo.intercepts),
+    for target, coef, intercept, lda in (
+        (
+            table["label"],
+            classifier.photo.coefficients,
+            classifier.photo.intercepts,
+            LinearDiscriminantAnalysis(solver="lsqr", shrinkage=photo.PHOTO_SHRINKAGE),
+        ),
         (
             table["variant"] > 0,
             classifier.photo.gate_coefficients,
             classifier.photo.gate_intercepts,
+            LinearDiscriminantAnalysis(
+                solver="lsqr", covariance_estimator=_ShrunkToDiagonal(photo.SHRINKAGE)
+            ),
         ),
     ):
-        reference = LinearDiscriminantAnalysis(
-            solver="lsqr", covariance_estimator=_ShrunkToDiagonal(photo.SHRINKAGE)
-        ).fit(x, target)
+        reference = lda.fit(x, target)
         if target.dtype == bool:
             assert list(reference.classes_) == [False, True]  # studio shot first, as ours
         else:
@@ -398,6 +409,22 @@ def test_a_photo_model_saved_before_unit_length_keeps_its_answers() -> None:
         )
         assert photo.PhotoModel.from_json(model.to_json()).unit == model.unit
     assert not photo.PhotoModel.from_json(json.dumps(saved)).unit
+    # Saved before the photo discriminant was shrunk toward the identity and colour weighed 1:
+    # read as fitted (toward the diagonal), its colour weight as saved.
+    older = photo.PhotoModel.from_json(
+        json.dumps(
+            {
+                **saved,
+                "colour_coefficients": [[1.0] * photo.COLOUR_DIM] * 3,
+                "colour_intercepts": [0.0] * 3,
+                "colour_weight": 0.5,
+            }
+        )
+    )
+    assert older.toward == "diagonal" and older.colour_weight == 0.5
+    assert older.record()["shrink_toward"] == "diagonal" and older.record()["colour_weight"] == 0.5
+    again = photo.PhotoModel.from_json(older.to_json())
+    assert (again.toward, again.colour_weight) == ("diagonal", 0.5)
     assert not photo.PhotoModel.from_json(json.dumps(saved)).colour  # saved before colours
 
 
