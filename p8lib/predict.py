@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,45 +25,15 @@ from p8lib import io
 from p8lib.artifacts import FEATURE_DIM, MODEL_INFO, SPARK_MODEL, Col, ModelInfo
 from p8lib.errors import P8Error, UsageError
 from p8lib.listing import list_local
-from p8lib.photo import COLOUR_DIM, PHOTO_MODEL, PhotoModel, cell_colours, softmax
+from p8lib.photo import COLOUR_DIM, PHOTO_MODEL, PhotoModel, cell_colours, fruit_of, softmax
 from p8lib.progress import Reporter
 from p8lib.reduce import inverse_std
 
 # p8 predict says "unsure" below this top probability: on real shop photos (README, "Real
-# photos"), the photo model named the right fruit in 72% of its answers above it (21% of the
-# photos), and in 67% with another draw of its training variants; 0.5 gave 61% and 57%.
-# The same threshold on a fruit's classes summed: 77% and 68% right, of 29% and 34% answered.
+# photos"), the photo model named the right fruit in 69.5% of its answers above it (32% of the
+# photos), and in 70% over twelve draws of its training variants. The same threshold on a
+# fruit's classes summed: 70.4% right, of 45% answered (70% of 43% over the twelve draws).
 UNSURE_BELOW = 0.6
-
-# Fruits-360 classes whose first word is not their fruit's plain name.
-_FRUIT_WORDS = {
-    "cactus": "prickly pear",
-    "cantaloupe": "melon",
-    "carambula": "carambola",
-    "clementine": "mandarin",
-    "cocos": "coconut",
-    "dates": "date",
-    "granadilla": "passion fruit",
-    "kaki": "persimmon",
-    "kumquats": "kumquat",
-    "limes": "lime",
-    "mandarine": "mandarin",
-    "mangostan": "mangosteen",
-    "maracuja": "passion fruit",
-    "passion": "passion fruit",
-    "pitahaya": "dragon fruit",
-    "tangelo": "mandarin",
-}
-_FRUIT_PAIRS = {"nut forest": "hazelnut", "nut pecan": "pecan", "potato sweet": "sweet potato"}
-
-
-def fruit_of(label: str) -> str:
-    """A class's fruit, in plain lower-case English: "Apple Braeburn 1" and "Apple 6" are
-    apples, "Clementine 1" a mandarin, "Nut Pecan 1" a pecan; another name, its first word."""
-    words = re.sub(r"\s+\d+$", "", label.strip()).lower().split()
-    if not words:
-        return label.lower()
-    return _FRUIT_PAIRS.get(" ".join(words[:2])) or _FRUIT_WORDS.get(words[0], words[0])
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -225,6 +226,7 @@ def test_a_model_trained_on_variants_is_evaluated_on_images_only(spark, augmente
     assert info["photo_model"]["colour_weight"] == 1.0  # the rows have colour histograms
     assert info["photo_model"]["shrinkage"] == 0.2
     assert info["photo_model"]["shrink_toward"] == "identity"
+    assert info["photo_model"]["fruit_pull"] == 0.7
     # Without them (--no-color), the photo model reads the features alone.
     train(features=result.output, model=str(root / "grey"), test=result.output, k=2, color=False)
     grey = json.loads((root / "grey" / "model.json").read_text())["photo_model"]
@@ -244,10 +246,46 @@ class _ShrunkToDiagonal:
         return self
 
 
+def _margins_with_means_pulled(
+    reference: Any, x: np.ndarray, fruits: list[str], pull: float
+) -> np.ndarray:
+    """Margins of a fitted scikit-learn LDA (less each row's mean: what its softmax reads), its
+    class means first moved ``pull`` of the way toward the mean of their fruit's class means
+    (its covariance and priors unchanged)."""
+    means = reference.means_
+    centres = {f: means[[g == f for g in fruits]].mean(axis=0) for f in set(fruits)}
+    pulled = (1 - pull) * means + pull * np.stack([centres[f] for f in fruits])
+    coef = np.linalg.solve(reference.covariance_, pulled.T).T
+    margins = x @ coef.T - 0.5 * np.sum(coef * pulled, axis=1) + np.log(reference.priors_)
+    return margins - margins.mean(axis=1, keepdims=True)
+
+
+def test_the_photo_discriminant_pulls_varieties_toward_their_fruit() -> None:
+    """Three classes, two of one fruit: pulled ``p`` of the way toward their fruit's mean, the two
+    varieties' coefficients differ (1 − p) times as much, all the way they are alike; the third
+    class, alone of its fruit, keeps its own; groups that do not match the classes are refused."""
+    from p8lib import photo
+
+    rng = np.random.default_rng(1)
+    centres = np.array([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+    y = np.repeat([0, 1, 2], 50)
+    part = photo.scatter(y, centres[y] + rng.normal(scale=0.1, size=(150, 3)), classes=3)
+    groups = ["apple", "apple", "pear"]
+    plain = photo.discriminant(part, shrinkage=0.1)
+    for pull in (0.0, photo.FRUIT_PULL, 1.0):
+        coef, _ = photo.discriminant(part, shrinkage=0.1, groups=groups, pull=pull)
+        np.testing.assert_allclose(coef[0] - coef[1], (1 - pull) * (plain[0][0] - plain[0][1]))
+        np.testing.assert_allclose(coef[2], plain[0][2])
+        np.testing.assert_allclose(coef[0] + coef[1], plain[0][0] + plain[0][1])
+    with pytest.raises(ValueError, match="2 groups for 3 classes"):
+        photo.discriminant(part, shrinkage=0.1, groups=groups[:2], pull=0.5)
+
+
 def test_photo_model_is_scikit_learns_discriminant_analysis(spark, augmented) -> None:
     """The three discriminants, fitted in one Spark pass, against scikit-learn's LDA on the same
     rows: the photo discriminant with scikit-learn's own shrinkage (toward the mean variance times
-    the identity), the gate and the colour with the covariance shrunk toward its diagonal."""
+    the identity), its class means pulled toward their fruit's (two of the three classes are
+    apples); the gate and the colour with the covariance shrunk toward its diagonal."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     from p8lib import photo
@@ -257,6 +295,7 @@ def test_photo_model_is_scikit_learns_discriminant_analysis(spark, augmented) ->
     classifier = load_classifier(root / "model")
     assert classifier.photo is not None and classifier.photo.shrinkage == photo.PHOTO_SHRINKAGE
     assert classifier.photo.toward == "identity"
+    assert classifier.photo.fruit_pull == photo.FRUIT_PULL > 0
     table = pd.read_parquet(result.parquet.removeprefix("file://"))
     x = np.sqrt(np.stack(table["features"]).astype(np.float64))
     x /= np.linalg.norm(x, axis=1, keepdims=True)  # square roots, each row of length 1
@@ -280,12 +319,25 @@ def test_photo_model_is_scikit_learns_discriminant_analysis(spark, augmented) ->
         reference = lda.fit(x, target)
         if target.dtype == bool:
             assert list(reference.classes_) == [False, True]  # studio shot first, as ours
+            expected = reference.predict_proba(x)
         else:
             assert list(reference.classes_) == sorted(classifier.labels)
             order = [classifier.labels.index(c) for c in reference.classes_]
             coef, intercept = coef[order], intercept[order]
+            fruits = [photo.fruit_of(c) for c in reference.classes_]
+            assert fruits == ["apple", "apple", "avocado"]
+            plain = reference.decision_function(x)
+            plain -= plain.mean(axis=1, keepdims=True)
+            np.testing.assert_allclose(_margins_with_means_pulled(reference, x, fruits, 0), plain)
+            expected = _margins_with_means_pulled(reference, x, fruits, photo.FRUIT_PULL)
+            assert np.abs(expected - plain).max() > 1  # the pull matters here
+            ours = x @ coef.T + intercept
+            np.testing.assert_allclose(
+                ours - ours.mean(axis=1, keepdims=True), expected, rtol=1e-6, atol=1e-6
+            )
+            continue
         ours = photo.softmax(x @ coef.T + intercept)
-        np.testing.assert_allclose(ours, reference.predict_proba(x), atol=1e-6)
+        np.testing.assert_allclose(ours, expected, atol=1e-6)
     # The colour discriminant: the same LDA on the reduced colour histograms of the rows.
     assert classifier.photo.colour and classifier.photo.colour_weight == photo.COLOUR_WEIGHT
     hues = photo.colour_bins(np.stack(table["color"]))
@@ -421,10 +473,10 @@ def test_a_photo_model_saved_before_unit_length_keeps_its_answers() -> None:
             }
         )
     )
-    assert older.toward == "diagonal" and older.colour_weight == 0.5
+    assert older.toward == "diagonal" and older.colour_weight == 0.5 and older.fruit_pull == 0
     assert older.record()["shrink_toward"] == "diagonal" and older.record()["colour_weight"] == 0.5
     again = photo.PhotoModel.from_json(older.to_json())
-    assert (again.toward, again.colour_weight) == ("diagonal", 0.5)
+    assert (again.toward, again.colour_weight, again.fruit_pull) == ("diagonal", 0.5, 0)
     assert not photo.PhotoModel.from_json(json.dumps(saved)).colour  # saved before colours
 
 
