@@ -5,8 +5,9 @@ to length 1 (:func:`root`), and on the images' colours, fitted in one Spark pass
 counts and sums, a Gram matrix each) and solved on the driver:
 
 - **photo**: one class per fruit class, fitted on the images *and* their ``--augment``
-  variants, each class's mean pulled toward its fruit's (:data:`FRUIT_PULL`). Applied to a photo, it reads each inner cell of the network's 7×7 map (a patch of
-  the photo: one fruit of a bin) and averages the cells' probabilities.
+  variants, each class's mean pulled toward its fruit's (:data:`FRUIT_PULL`). Applied to a
+  photo, it reads each inner cell of the network's 7×7 map (a patch of the photo: one fruit of
+  a bin) and averages the cells' probabilities.
 - **studio gate**: two classes, the images themselves (a fruit alone on white, Fruits-360's
   studio shots) against their variants. It says how much a photo looks like a studio shot.
 - **colour**, when the rows have ``p8 run``'s colour histograms: a third discriminant, on the
