@@ -376,16 +376,17 @@ def fit(rows: DataFrame, *, labels: list[str], shrinkage: float = PHOTO_SHRINKAG
     counts = total.counts.reshape(classes, 2)
     photo = Scatter(counts.sum(axis=1), by_class.sum(axis=1), total.gram)
     gate = Scatter(counts.sum(axis=0), by_class.sum(axis=0), total.gram)
+    toward: Toward = "identity"
     coefficients, intercepts = discriminant(
         photo,
         shrinkage=shrinkage,
-        toward="identity",
+        toward=toward,
         groups=[fruit_of(label) for label in labels],
         pull=FRUIT_PULL,
     )
     gate_coefficients, gate_intercepts = discriminant(gate, shrinkage=SHRINKAGE)
     colour_fit = discriminant(hues, shrinkage=SHRINKAGE) if hues is not None else (None, None)
-    return PhotoModel(
+    return PhotoModel(  # what it records is what was fitted, not the fields' defaults
         coefficients,
         intercepts,
         gate_coefficients,
@@ -393,4 +394,6 @@ def fit(rows: DataFrame, *, labels: list[str], shrinkage: float = PHOTO_SHRINKAG
         shrinkage,
         colour_coefficients=colour_fit[0],
         colour_intercepts=colour_fit[1],
+        toward=toward,
+        fruit_pull=FRUIT_PULL,
     )
