@@ -99,6 +99,19 @@ def fruit_of(label: str) -> str:
     return _FRUIT_PAIRS.get(" ".join(words[:2])) or _FRUIT_WORDS.get(words[0], words[0])
 
 
+def membership(groups: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct names in ``groups`` (one per class), sorted, and which class is in which:
+    a classes × names matrix of 0 and 1.
+
+    >>> membership(["apple", "pear", "apple"])[1].tolist()
+    [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]
+    """
+    names = sorted(set(groups))
+    member = np.zeros((len(groups), len(names)))
+    member[np.arange(len(groups)), [names.index(name) for name in groups]] = 1
+    return names, member
+
+
 def softmax(margins: np.ndarray) -> np.ndarray:
     """Row-wise softmax."""
     z = margins - margins.max(axis=1, keepdims=True)
@@ -213,11 +226,9 @@ def discriminant(
     if groups is not None and pull:
         if len(groups) != len(means):
             raise ValueError(f"{len(groups)} groups for {len(means)} classes")
-        names, index = np.unique(np.asarray(groups), return_inverse=True)
-        centres = np.zeros((len(names), means.shape[1]))
-        np.add.at(centres, index, means)
-        centres /= np.bincount(index)[:, None]
-        means = (1 - pull) * means + pull * centres[index]
+        _, member = membership(groups)
+        centres = (member.T @ means) / member.sum(axis=0)[:, None]
+        means = (1 - pull) * means + pull * (member @ centres)
     if toward == "diagonal":
         target = np.diag(np.diag(within))
     elif toward == "identity":

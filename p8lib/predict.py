@@ -25,7 +25,15 @@ from p8lib import io
 from p8lib.artifacts import FEATURE_DIM, MODEL_INFO, SPARK_MODEL, Col, ModelInfo
 from p8lib.errors import P8Error, UsageError
 from p8lib.listing import list_local
-from p8lib.photo import COLOUR_DIM, PHOTO_MODEL, PhotoModel, cell_colours, fruit_of, softmax
+from p8lib.photo import (
+    COLOUR_DIM,
+    PHOTO_MODEL,
+    PhotoModel,
+    cell_colours,
+    fruit_of,
+    membership,
+    softmax,
+)
 from p8lib.progress import Reporter
 from p8lib.reduce import inverse_std
 
@@ -107,10 +115,7 @@ class Classifier:
     ) -> list[tuple[str, float]]:
         """Per row of class probabilities, the fruit whose classes add up to the most (all
         apples together, say), with that sum."""
-        of = [fruit(label) for label in self.labels]
-        names = sorted(set(of))
-        member = np.zeros((len(self.labels), len(names)))
-        member[np.arange(len(self.labels)), [names.index(name) for name in of]] = 1
+        names, member = membership([fruit(label) for label in self.labels])
         sums = np.atleast_2d(probs) @ member
         return [(names[j], float(row[j])) for row, j in zip(sums, sums.argmax(axis=1), strict=True)]
 
